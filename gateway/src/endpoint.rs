@@ -1,0 +1,337 @@
+//! The QUIC endpoint: accepts connections and dispatches them by ALPN to
+//! registered handlers; sends requests over cached connections, reconnecting
+//! after a failure.
+
+use crate::frame::{read_frame, write_frame};
+use crate::tls::TlsMaterial;
+use crate::GatewayError;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// The future a handler returns: the response bytes, or an error text sent back to the caller.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+/// Serves one request (the bytes of one frame) of one ALPN protocol.
+pub type Handler = Arc<dyn Fn(Vec<u8>) -> HandlerFuture + Send + Sync>;
+
+const STATUS_OK: u8 = 0;
+const STATUS_ERR: u8 = 1;
+
+/// Limits and timeouts of the endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointOptions {
+    /// How long establishing a connection may take.
+    pub connect_timeout: Duration,
+    /// A connection with no traffic for this long is closed (keep-alives are sent at a third of it).
+    pub idle_timeout: Duration,
+    /// Concurrent requests per connection.
+    pub streams_per_connection_max: u32,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> Self {
+        EndpointOptions {
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(10),
+            streams_per_connection_max: 1024,
+        }
+    }
+}
+
+type ConnKey = (SocketAddr, Vec<u8>);
+
+/// One server's QUIC endpoint, both listening and dialling.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client_configs: HashMap<Vec<u8>, quinn::ClientConfig>,
+    conns: Mutex<HashMap<ConnKey, quinn::Connection>>,
+    handlers: RwLock<HashMap<Vec<u8>, Handler>>,
+    options: EndpointOptions,
+}
+
+impl Endpoint {
+    /// Binds the UDP socket and starts accepting connections for the given ALPN protocols.
+    pub fn bind(
+        addr: SocketAddr,
+        material: &TlsMaterial,
+        alpns: &[&[u8]],
+        options: EndpointOptions,
+    ) -> Result<Endpoint, GatewayError> {
+        let transport = Arc::new(transport_config(&options)?);
+        let server_tls = material.server_config(alpns)?;
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| GatewayError::TlsConfig(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+
+        let mut client_configs = HashMap::new();
+        for alpn in alpns {
+            let client_tls = material.client_config(alpn)?;
+            let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+                .map_err(|e| GatewayError::TlsConfig(e.to_string()))?;
+            let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+            client_config.transport_config(transport.clone());
+            client_configs.insert(alpn.to_vec(), client_config);
+        }
+
+        let inner = quinn::Endpoint::server(server_config, addr)
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let shared = Arc::new(Shared {
+            client_configs,
+            conns: Mutex::new(HashMap::new()),
+            handlers: RwLock::new(HashMap::new()),
+            options,
+        });
+        tokio::spawn(accept_loop(inner.clone(), shared.clone()));
+        Ok(Endpoint { inner, shared })
+    }
+
+    /// The bound address (useful when binding port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, GatewayError> {
+        self.inner.local_addr().map_err(|e| GatewayError::Transport {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Installs the handler for an ALPN protocol; requests that arrive before
+    /// it is installed are answered with an error the caller may retry.
+    pub fn register(&self, alpn: &[u8], handler: Handler) {
+        if let Ok(mut handlers) = self.shared.handlers.write() {
+            handlers.insert(alpn.to_vec(), handler);
+        }
+    }
+
+    /// Sends one request and waits for its response, within `timeout`.
+    /// A broken cached connection is replaced and the request sent once more.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        alpn: &[u8],
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, GatewayError> {
+        let attempt = async {
+            match self.call_once(addr, server_name, alpn, request).await {
+                Err(e) if e.is_retryable() => {
+                    self.forget(addr, alpn);
+                    self.call_once(addr, server_name, alpn, request).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.forget(addr, alpn);
+                Err(GatewayError::Timeout { addr, timeout_ms: timeout.as_millis() as u64 })
+            }
+        }
+    }
+
+    /// The smoothed round-trip time of the live connection to `addr`, if any.
+    pub fn rtt(&self, addr: SocketAddr, alpn: &[u8]) -> Option<Duration> {
+        let conns = self.shared.conns.lock().ok()?;
+        let conn = conns.get(&(addr, alpn.to_vec()))?;
+        conn.close_reason().is_none().then(|| conn.rtt())
+    }
+
+    /// Closes every connection, stops accepting new ones and waits until the
+    /// peers have been told, so the UDP port can be bound again.
+    pub async fn shutdown(&self) {
+        self.inner.close(0u32.into(), b"shutdown");
+        self.inner.wait_idle().await;
+    }
+
+    async fn call_once(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        alpn: &[u8],
+        request: &[u8],
+    ) -> Result<Vec<u8>, GatewayError> {
+        let conn = self.connection(addr, server_name, alpn).await?;
+        let transport = |e: &dyn std::fmt::Display| GatewayError::Transport { addr, reason: e.to_string() };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(&e))?;
+        write_frame(&mut send, request).await.map_err(|e| transport(&e))?;
+        send.finish().map_err(|e| transport(&e))?;
+        let response = read_frame(&mut recv).await.map_err(|e| e.into_gateway(addr))?;
+        match response.split_first() {
+            Some((&STATUS_OK, body)) => Ok(body.to_vec()),
+            Some((&STATUS_ERR, body)) => Err(GatewayError::Remote(String::from_utf8_lossy(body).into_owned())),
+            _ => Err(GatewayError::Codec("response without status byte".to_string())),
+        }
+    }
+
+    async fn connection(&self, addr: SocketAddr, server_name: &str, alpn: &[u8]) -> Result<quinn::Connection, GatewayError> {
+        let key = (addr, alpn.to_vec());
+        if let Ok(conns) = self.shared.conns.lock() {
+            if let Some(conn) = conns.get(&key) {
+                if conn.close_reason().is_none() {
+                    return Ok(conn.clone());
+                }
+            }
+        }
+        let config = self
+            .shared
+            .client_configs
+            .get(alpn)
+            .cloned()
+            .ok_or_else(|| GatewayError::TlsConfig(format!("ALPN {} not configured", String::from_utf8_lossy(alpn))))?;
+        let connect_error = |reason: String| GatewayError::Connect { addr, reason };
+        let connecting = self
+            .inner
+            .connect_with(config, addr, server_name)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let conn = tokio::time::timeout(self.shared.options.connect_timeout, connecting)
+            .await
+            .map_err(|_| connect_error("connect timed out".to_string()))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        if let Ok(mut conns) = self.shared.conns.lock() {
+            conns.insert(key, conn.clone());
+        }
+        Ok(conn)
+    }
+
+    fn forget(&self, addr: SocketAddr, alpn: &[u8]) {
+        if let Ok(mut conns) = self.shared.conns.lock() {
+            conns.remove(&(addr, alpn.to_vec()));
+        }
+    }
+}
+
+fn transport_config(options: &EndpointOptions) -> Result<quinn::TransportConfig, GatewayError> {
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(options.idle_timeout)
+        .map_err(|e| GatewayError::TlsConfig(format!("idle timeout: {e}")))?;
+    transport.max_idle_timeout(Some(idle));
+    transport.keep_alive_interval(Some(options.idle_timeout / 3));
+    transport.max_concurrent_bidi_streams(options.streams_per_connection_max.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    Ok(transport)
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::debug!(error = %e, "incoming QUIC connection failed");
+                    return;
+                }
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| d.protocol)
+                .unwrap_or_default();
+            serve_connection(conn, alpn, shared).await;
+        });
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, alpn: Vec<u8>, shared: Arc<Shared>) {
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(_) => return,
+        };
+        let shared = shared.clone();
+        let alpn = alpn.clone();
+        tokio::spawn(async move {
+            let request = match read_frame(&mut recv).await {
+                Ok(request) => request,
+                Err(_) => return,
+            };
+            let handler = shared.handlers.read().ok().and_then(|h| h.get(&alpn).cloned());
+            let result = match handler {
+                Some(handler) => handler(request).await,
+                None => Err("server not ready for this protocol".to_string()),
+            };
+            let mut response = Vec::new();
+            match result {
+                Ok(body) => {
+                    response.push(STATUS_OK);
+                    response.extend_from_slice(&body);
+                }
+                Err(text) => {
+                    response.push(STATUS_ERR);
+                    response.extend_from_slice(text.as_bytes());
+                }
+            }
+            if write_frame(&mut send, &response).await.is_ok() {
+                let _ = send.finish();
+                // Wait until the peer has read the response before dropping the stream.
+                let _ = send.stopped().await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{generate, TlsPaths};
+
+    fn endpoint(dir: &std::path::Path, name: &str) -> Endpoint {
+        let material = TlsMaterial::load(&TlsPaths::in_dir(dir, name)).unwrap();
+        Endpoint::bind("127.0.0.1:0".parse().unwrap(), &material, &[crate::ALPN_PEER], EndpointOptions::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn request_response_over_mutual_tls_and_reconnect_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), &["a".into(), "b".into()]).unwrap();
+        let a = endpoint(dir.path(), "a");
+        let b = endpoint(dir.path(), "b");
+        b.register(crate::ALPN_PEER, Arc::new(|req: Vec<u8>| Box::pin(async move {
+            if req == b"fail" { Err("refused".to_string()) } else { Ok([b"echo:".as_slice(), &req].concat()) }
+        })));
+        let addr = b.local_addr().unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(a.call(addr, "b", crate::ALPN_PEER, b"hi", t).await.unwrap(), b"echo:hi");
+        assert!(a.rtt(addr, crate::ALPN_PEER).is_some());
+        match a.call(addr, "b", crate::ALPN_PEER, b"fail", t).await {
+            Err(GatewayError::Remote(text)) => assert_eq!(text, "refused"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A server on the same port after a restart is reached through a fresh connection.
+        b.shutdown().await;
+        drop(b);
+        let material = TlsMaterial::load(&TlsPaths::in_dir(dir.path(), "b")).unwrap();
+        let mut b2 = None;
+        for _ in 0..100 {
+            match Endpoint::bind(addr, &material, &[crate::ALPN_PEER], EndpointOptions::default()) {
+                Ok(e) => { b2 = Some(e); break; }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let b2 = b2.expect("port released after shutdown");
+        b2.register(crate::ALPN_PEER, Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })));
+        assert_eq!(a.call(addr, "b", crate::ALPN_PEER, b"again", t).await.unwrap(), b"again");
+    }
+
+    #[tokio::test]
+    async fn a_peer_with_a_foreign_ca_is_refused() {
+        let ours = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        generate(ours.path(), &["a".into()]).unwrap();
+        generate(theirs.path(), &["x".into()]).unwrap();
+        let a = endpoint(ours.path(), "a");
+        a.register(crate::ALPN_PEER, Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })));
+        let x = endpoint(theirs.path(), "x");
+        let result = x.call(a.local_addr().unwrap(), "a", crate::ALPN_PEER, b"hi", Duration::from_secs(2)).await;
+        assert!(result.is_err());
+    }
+}
