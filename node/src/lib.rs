@@ -1,1 +1,9 @@
-pub fn x(){}
+//! One Meridian server of a datacenter: LMDB storage, Raft (openraft), the
+//! MVCC key-value store with etcd v3 semantics, and the client HTTP API.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod kv;
+pub mod raft;
+#[allow(unsafe_code)]
+pub mod store;

@@ -1,0 +1,149 @@
+//! openraft's network over the peer transport (ALPN `meridian-peer/1`), plus
+//! the two requests a follower sends its leader: a forwarded write and a
+//! read index for a linearizable read.
+
+use super::types::{Member, TypeConfig};
+use crate::kv::{Applied, Command};
+use meridian_gateway::{Endpoint, GatewayError, ALPN_PEER};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A request between servers of one datacenter.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Raft AppendEntries.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft RequestVote.
+    Vote(VoteRequest<u64>),
+    /// One chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write received by a follower, to be proposed by the leader.
+    Write(Command),
+    /// Asks the leader for a log index that a linearizable read must wait for.
+    ReadIndex,
+}
+
+/// Why the leader could not serve a forwarded request.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not the leader; it names the one it knows of.
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader as the receiver knows it.
+        leader: Option<(u64, Member)>,
+    },
+    /// The leader could not serve it now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// AppendEntries answer.
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// Vote answer.
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// Snapshot chunk answer.
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// Forwarded write answer.
+    Write(Result<Applied, ForwardError>),
+    /// Read index answer.
+    ReadIndex(Result<u64, ForwardError>),
+}
+
+/// Builds Raft clients over one endpoint.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    endpoint: Endpoint,
+}
+
+impl PeerNetwork {
+    /// Wraps the server's endpoint.
+    pub fn new(endpoint: Endpoint) -> PeerNetwork {
+        PeerNetwork { endpoint }
+    }
+
+    /// Sends one request to a member and decodes the answer.
+    pub async fn send(&self, member: &Member, request: &PeerRequest, timeout: Duration) -> Result<PeerResponse, GatewayError> {
+        let addr = resolve(&member.peer_addr).await?;
+        let bytes = postcard::to_allocvec(request).map_err(|e| GatewayError::Codec(e.to_string()))?;
+        let answer = self.endpoint.call(addr, &member.name, ALPN_PEER, &bytes, timeout).await?;
+        postcard::from_bytes(&answer).map_err(|e| GatewayError::Codec(e.to_string()))
+    }
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, GatewayError> {
+    if let Ok(addr) = addr.parse() {
+        return Ok(addr);
+    }
+    let unresolved = || GatewayError::Connect { addr: SocketAddr::from(([0, 0, 0, 0], 0)), reason: format!("cannot resolve {addr}") };
+    tokio::net::lookup_host(addr).await.map_err(|_| unresolved())?.next().ok_or_else(unresolved)
+}
+
+/// A Raft client for one target server.
+pub struct PeerClient {
+    network: PeerNetwork,
+    target: u64,
+    member: Member,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
+        PeerClient { network: self.clone(), target, member: node.clone() }
+    }
+}
+
+impl PeerClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: PeerRequest,
+        option: &RPCOption,
+    ) -> Result<PeerResponse, RPCError<u64, Member, E>> {
+        self.network.send(&self.member, &request, option.hard_ttl()).await.map_err(|e| match e {
+            GatewayError::Codec(_) | GatewayError::Remote(_) => RPCError::Network(NetworkError::new(&e)),
+            other => RPCError::Unreachable(Unreachable::new(&other)),
+        })
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, Member, E> {
+        RPCError::Network(NetworkError::new(&GatewayError::Codec("unexpected answer type".into())))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        match self.call(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerResponse::AppendEntries(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
+        match self.call(PeerRequest::InstallSnapshot(rpc), &option).await? {
+            PeerResponse::InstallSnapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        match self.call(PeerRequest::Vote(rpc), &option).await? {
+            PeerResponse::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))),
+            _ => Err(self.unexpected()),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Raft snapshots of the state machine: every row of the `state/` tables,
+//! read in one LMDB read transaction (writers keep going meanwhile) and
+//! written to a file; installing one replaces the tables in one write
+//! transaction. Format: magic, header (openraft's snapshot meta), rows
+//! (table index, key, value), end marker, row count and an FNV-1a checksum.
+
+use super::types::Member;
+use crate::kv::KvStore;
+use openraft::SnapshotMeta;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"MRDNSNP1";
+const END: u8 = 0xFF;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// File input/output failed.
+    #[error("snapshot file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The storage engine failed.
+    #[error("snapshot storage: {0}")]
+    Storage(String),
+    /// The file is not a complete, intact snapshot.
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(String),
+}
+
+struct Checksum(u64);
+
+impl Checksum {
+    fn new() -> Self {
+        Checksum(0xcbf29ce484222325)
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    sum: Checksum,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sum.update(bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
+/// Writes a snapshot of `store` to `path`; `meta_of` builds openraft's meta
+/// from the applied log id and membership read in the same transaction.
+pub fn write_snapshot<F>(store: &KvStore, path: &Path, meta_of: F) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
+where
+    F: FnOnce(Option<super::LogId>, super::StoredMembership) -> SnapshotMeta<u64, Member>,
+{
+    let storage = |e: &dyn std::fmt::Display| SnapshotError::Storage(e.to_string());
+    let rtxn = store.env().read_txn().map_err(|e| storage(&e))?;
+    let applied: Option<super::LogId> = store.meta_get(&rtxn, super::state_machine::META_APPLIED).map_err(|e| storage(&e))?.flatten();
+    let membership: super::StoredMembership =
+        store.meta_get(&rtxn, super::state_machine::META_MEMBERSHIP).map_err(|e| storage(&e))?.unwrap_or_default();
+    let meta = meta_of(applied, membership);
+    let file = std::fs::File::create(path)?;
+    let mut w = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), sum: Checksum::new() };
+    w.put(MAGIC)?;
+    let header = postcard::to_allocvec(&meta).map_err(|e| storage(&e))?;
+    w.put(&(header.len() as u32).to_be_bytes())?;
+    w.put(&header)?;
+    let mut rows: u64 = 0;
+    for (index, (_, table)) in store.tables().iter().enumerate() {
+        for item in table.iter(&rtxn).map_err(|e| storage(&e))? {
+            let (k, v) = item.map_err(|e| storage(&e))?;
+            w.put(&[index as u8])?;
+            w.put(&(k.len() as u32).to_be_bytes())?;
+            w.put(k)?;
+            w.put(&(v.len() as u32).to_be_bytes())?;
+            w.put(v)?;
+            rows += 1;
+        }
+    }
+    w.put(&[END])?;
+    w.put(&rows.to_be_bytes())?;
+    let sum = w.sum.0;
+    w.inner.write_all(&sum.to_be_bytes())?;
+    let file = w.inner.into_inner().map_err(|e| SnapshotError::Io(e.into_error()))?;
+    file.sync_all()?;
+    Ok(meta)
+}
+
+struct Reader<R: Read> {
+    inner: R,
+    sum: Checksum,
+}
+
+impl<R: Read> Reader<R> {
+    fn take(&mut self, n: usize) -> Result<Vec<u8>, SnapshotError> {
+        let mut buf = vec![0u8; n];
+        self.inner.read_exact(&mut buf).map_err(|_| SnapshotError::Corrupt("truncated".into()))?;
+        self.sum.update(&buf);
+        Ok(buf)
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// Reads only the header of a snapshot file.
+pub fn read_meta(path: &Path) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
+    let mut r = Reader { inner: BufReader::new(std::fs::File::open(path)?), sum: Checksum::new() };
+    read_header(&mut r)
+}
+
+fn read_header<R: Read>(r: &mut Reader<R>) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
+    if r.take(8)? != MAGIC {
+        return Err(SnapshotError::Corrupt("not a Meridian snapshot".into()));
+    }
+    let len = r.u32()? as usize;
+    if len > 64 * 1024 * 1024 {
+        return Err(SnapshotError::Corrupt("header too large".into()));
+    }
+    let header = r.take(len)?;
+    postcard::from_bytes(&header).map_err(|e| SnapshotError::Corrupt(format!("header: {e}")))
+}
+
+/// Visits every row of a snapshot file, then checks its count and checksum.
+/// Returns the header; a visitor error or a corrupt file stops the walk.
+fn walk<F>(path: &Path, mut visit: F) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
+where
+    F: FnMut(u8, &[u8], &[u8]) -> Result<(), SnapshotError>,
+{
+    let mut r = Reader { inner: BufReader::with_capacity(1 << 20, std::fs::File::open(path)?), sum: Checksum::new() };
+    let meta = read_header(&mut r)?;
+    let mut rows: u64 = 0;
+    loop {
+        let table = r.take(1)?[0];
+        if table == END {
+            break;
+        }
+        let klen = r.u32()? as usize;
+        let k = r.take(klen)?;
+        let vlen = r.u32()? as usize;
+        let v = r.take(vlen)?;
+        visit(table, &k, &v)?;
+        rows += 1;
+    }
+    let count = r.take(8)?;
+    let expected_sum = r.sum.0;
+    let mut sum = [0u8; 8];
+    r.inner.read_exact(&mut sum).map_err(|_| SnapshotError::Corrupt("truncated".into()))?;
+    if u64::from_be_bytes(sum) != expected_sum {
+        return Err(SnapshotError::Corrupt("checksum mismatch".into()));
+    }
+    if u64::from_be_bytes(count.try_into().map_err(|_| SnapshotError::Corrupt("count".into()))?) != rows {
+        return Err(SnapshotError::Corrupt("row count mismatch".into()));
+    }
+    Ok(meta)
+}
+
+/// Checks a snapshot file end to end without touching any store.
+pub fn verify(path: &Path) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
+    walk(path, |table, _, _| {
+        if table > 2 {
+            return Err(SnapshotError::Corrupt(format!("unknown table {table}")));
+        }
+        Ok(())
+    })
+}
+
+/// Replaces the contents of `store` with the snapshot at `path`, in one write
+/// transaction, after verifying the whole file.
+pub fn install(store: &KvStore, path: &Path) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
+    verify(path)?;
+    let storage = |e: &dyn std::fmt::Display| SnapshotError::Storage(e.to_string());
+    let env = store.env();
+    let mut wtxn = env.write_txn().map_err(|e| storage(&e))?;
+    let tables = store.tables();
+    for (_, table) in &tables {
+        table.clear(&mut wtxn).map_err(|e| storage(&e))?;
+    }
+    let meta = walk(path, |table, k, v| {
+        let (_, db) = tables.get(table as usize).ok_or_else(|| SnapshotError::Corrupt(format!("unknown table {table}")))?;
+        db.put(&mut wtxn, k, v).map_err(|e| storage(&e))
+    })?;
+    wtxn.commit().map_err(|e| storage(&e))?;
+    env.force_sync().map_err(|e| storage(&e))?;
+    Ok(meta)
+}

@@ -1,0 +1,220 @@
+//! The Raft state machine: applies committed entries to the MVCC store and
+//! records each batch's last log id in the same LMDB write transaction.
+
+use super::snapshot::{self, SnapshotError};
+use super::types::{storage_io, LogId, Member, StorageError, StoredMembership, TypeConfig};
+use crate::kv::{Applied, Command, KvError, KvStore, KvWriter, Outcome};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub(crate) const META_APPLIED: &str = "applied";
+pub(crate) const META_MEMBERSHIP: &str = "membership";
+
+const CURRENT_SNAPSHOT: &str = "current.snap";
+const INCOMING_SNAPSHOT: &str = "incoming.snap";
+
+/// Told about what was applied, after the transaction committed (metrics, and later watches).
+pub trait ApplyObserver: Send + Sync + 'static {
+    /// A batch of entries was applied; `revision` is the store's revision after it.
+    fn applied(&self, last: LogId, revision: i64, entries: usize);
+    /// A snapshot was built or installed.
+    fn snapshot(&self, installed: bool, meta: &SnapshotMeta<u64, Member>, duration: std::time::Duration);
+}
+
+/// The state machine storage; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachine {
+    store: KvStore,
+    snapshot_dir: PathBuf,
+    observer: Arc<dyn ApplyObserver>,
+}
+
+impl StateMachine {
+    /// Wraps the store; snapshots are kept in `snapshot_dir`.
+    pub fn new(store: KvStore, snapshot_dir: PathBuf, observer: Arc<dyn ApplyObserver>) -> std::io::Result<StateMachine> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        Ok(StateMachine { store, snapshot_dir, observer })
+    }
+
+    fn apply_blocking(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(Vec<Applied>, Option<(LogId, i64)>), KvError> {
+        let env = self.store.env();
+        let mut wtxn = env.write_txn()?;
+        let mut results = Vec::with_capacity(entries.len());
+        let mut last = None;
+        for entry in &entries {
+            let applied = match &entry.payload {
+                EntryPayload::Blank => Applied { revision: self.store.revision(&wtxn)?, outcome: Ok(Outcome::Nothing) },
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    self.store.meta_put(&mut wtxn, META_MEMBERSHIP, &stored)?;
+                    Applied { revision: self.store.revision(&wtxn)?, outcome: Ok(Outcome::Nothing) }
+                }
+                EntryPayload::Normal(command) => self.apply_command(&mut wtxn, command)?,
+            };
+            last = Some((entry.log_id, applied.revision));
+            results.push(applied);
+        }
+        if let Some((log_id, _)) = last {
+            self.store.meta_put(&mut wtxn, META_APPLIED, &Some(log_id))?;
+        }
+        wtxn.commit()?;
+        Ok((results, last))
+    }
+
+    /// Applies one command. A transaction runs in a nested LMDB transaction so
+    /// that an operation failing halfway leaves nothing behind; other commands
+    /// fail, if at all, before their first write.
+    fn apply_command(&self, wtxn: &mut heed::RwTxn, command: &Command) -> Result<Applied, KvError> {
+        let env = self.store.env();
+        let before = self.store.revision(wtxn)?;
+        if let Command::Txn(_) = command {
+            let mut nested = env.nested_write_txn(wtxn)?;
+            let mut writer = KvWriter::new(self.store, &mut nested)?;
+            return match writer.apply(command) {
+                Ok(outcome) => {
+                    let revision = writer.finish()?;
+                    nested.commit()?;
+                    Ok(Applied { revision, outcome: Ok(outcome) })
+                }
+                Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
+                Err(e) => {
+                    nested.abort();
+                    Ok(Applied { revision: before, outcome: Err(e) })
+                }
+            };
+        }
+        let mut writer = KvWriter::new(self.store, wtxn)?;
+        match writer.apply(command) {
+            Ok(outcome) => Ok(Applied { revision: writer.finish()?, outcome: Ok(outcome) }),
+            Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
+            Err(e) => Ok(Applied { revision: before, outcome: Err(e) }),
+        }
+    }
+
+    fn current_snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join(CURRENT_SNAPSHOT)
+    }
+}
+
+fn snapshot_error(verb: ErrorVerb, e: SnapshotError) -> StorageError {
+    storage_io(ErrorSubject::Snapshot(None), verb, e)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        let start = std::time::Instant::now();
+        let meta = tokio::task::spawn_blocking(move || {
+            // Everything the snapshot holds must be on disk before the log below it may be purged.
+            this.store.env().force_sync().map_err(|e| SnapshotError::Storage(e.to_string()))?;
+            let tmp = this.snapshot_dir.join(format!("building-{}.snap", std::process::id()));
+            let meta = snapshot::write_snapshot(&this.store, &tmp, |last_log_id, last_membership| {
+                let snapshot_id = match last_log_id {
+                    Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, now_millis()),
+                    None => format!("0-0-{}", now_millis()),
+                };
+                SnapshotMeta { last_log_id, last_membership, snapshot_id }
+            })?;
+            std::fs::rename(&tmp, this.current_snapshot_path())?;
+            Ok::<_, SnapshotError>(meta)
+        })
+        .await
+        .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        self.observer.snapshot(false, &meta, start.elapsed());
+        let file = tokio::fs::File::open(self.current_snapshot_path())
+            .await
+            .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let read = |e: &dyn std::fmt::Display| storage_io(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        let rtxn = self.store.env().read_txn().map_err(|e| read(&e))?;
+        let applied: Option<LogId> = self.store.meta_get(&rtxn, META_APPLIED).map_err(|e| read(&e))?.flatten();
+        let membership: StoredMembership = self.store.meta_get(&rtxn, META_MEMBERSHIP).map_err(|e| read(&e))?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let count = entries.len();
+        let this = self.clone();
+        let (results, last) = tokio::task::spawn_blocking(move || this.apply_blocking(entries))
+            .await
+            .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+            .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        if let Some((log_id, revision)) = last {
+            self.observer.applied(log_id, revision, count);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshot_dir.join(INCOMING_SNAPSHOT);
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<u64, Member>, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        snapshot
+            .sync_all()
+            .await
+            .map_err(|e| storage_io(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        drop(snapshot);
+        let this = self.clone();
+        let expected = meta.clone();
+        let start = std::time::Instant::now();
+        let installed = tokio::task::spawn_blocking(move || {
+            let path = this.snapshot_dir.join(INCOMING_SNAPSHOT);
+            let installed = snapshot::install(&this.store, &path)?;
+            if installed.last_log_id != expected.last_log_id {
+                return Err(SnapshotError::Corrupt("snapshot header does not match the leader's meta".into()));
+            }
+            std::fs::rename(&path, this.current_snapshot_path())?;
+            Ok(installed)
+        })
+        .await
+        .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        self.observer.snapshot(true, &installed, start.elapsed());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let path = self.current_snapshot_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let meta = snapshot::read_meta(&path).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}

@@ -1,0 +1,78 @@
+//! openraft's type configuration for Meridian.
+
+use crate::kv::{Applied, Command};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A server as Raft membership records it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Member {
+    /// The server's name (also the name in its certificate).
+    pub name: String,
+    /// Its QUIC address for peer traffic.
+    pub peer_addr: String,
+    /// Its client URL as advertised.
+    pub client_url: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Meridian's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<u64>;
+/// Stored membership.
+pub type StoredMembership = openraft::StoredMembership<u64, Member>;
+/// Storage error.
+pub type StorageError = openraft::StorageError<u64>;
+
+/// A server's id: a stable hash of its name, so every server derives the same ids from config.
+pub fn member_id(name: &str) -> u64 {
+    fnv64(name.as_bytes())
+}
+
+/// A datacenter's cluster id: a hash of its name and its initial members' names.
+pub fn cluster_id(datacenter: &str, member_names: &[String]) -> u64 {
+    let mut names = member_names.to_vec();
+    names.sort();
+    let mut bytes = datacenter.as_bytes().to_vec();
+    for n in names {
+        bytes.push(0);
+        bytes.extend_from_slice(n.as_bytes());
+    }
+    fnv64(&bytes)
+}
+
+fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    // etcd ids are non-zero and fit JSON clients that read them as uint64.
+    h.max(1)
+}
+
+pub(crate) fn storage_io(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError {
+    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+}
