@@ -1,1 +1,76 @@
-fn main(){}
+//! `meridian`: the server (`agent`), a local datacenter for newcomers (`dev`),
+//! and the command-line client.
+
+mod cli;
+mod config;
+mod server;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Meridian: a multi-datacenter control plane with etcd's API")]
+struct Args {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server from a configuration file.
+    Agent(cli::agent::Args),
+    /// Run a local datacenter of three servers on loopback.
+    Dev(cli::dev::Args),
+    /// TLS material for the peer transport.
+    Tls(cli::tls::Args),
+    /// Key-value operations against a running datacenter.
+    Kv(cli::kv::Args),
+    /// Datacenter membership.
+    Member(cli::member::Args),
+    /// Status of the servers.
+    Status(cli::client::Endpoints),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,quinn=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Agent(a) => cli::agent::run(a).await,
+            Command::Dev(a) => cli::dev::run(a).await,
+            Command::Tls(a) => cli::tls::run(a),
+            Command::Kv(a) => cli::kv::run(a).await,
+            Command::Member(a) => cli::member::run(a).await,
+            Command::Status(a) => cli::member::status(a).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -6,6 +6,6 @@ mod error;
 mod mvcc;
 mod types;
 
-pub use error::KvError;
+pub use error::{grpc_code, KvError};
 pub use mvcc::{check_txn, KvStore, KvWriter, TXN_OPS_MAX};
 pub use types::*;

@@ -23,15 +23,20 @@ pub struct LogStore {
     env: &'static Env<WithoutTls>,
     log: Database<'static, U64<BigEndian>, Bytes>,
     meta: Database<'static, Str, Bytes>,
-    fsync_observer: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
+    observer: Arc<dyn LogObserver>,
+}
+
+/// Told about the log's durable commits and the committed index.
+pub trait LogObserver: Send + Sync + 'static {
+    /// A durable LMDB commit took `duration`.
+    fn fsync(&self, duration: std::time::Duration);
+    /// The committed log index advanced to `index`.
+    fn committed(&self, index: u64);
 }
 
 impl LogStore {
-    /// Creates the tables. `fsync_observer` is told how long each durable commit took.
-    pub fn open(
-        env: &'static Env<WithoutTls>,
-        fsync_observer: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
-    ) -> Result<LogStore, heed::Error> {
+    /// Creates the tables; `observer` is told of commits and the committed index.
+    pub fn open(env: &'static Env<WithoutTls>, observer: Arc<dyn LogObserver>) -> Result<LogStore, heed::Error> {
         let wtxn = env.write_txn()?;
         let (log, meta) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
@@ -40,7 +45,7 @@ impl LogStore {
                 Ok(heed::CommitOrAbort::<_, ()>::Commit((log, meta)))
             })?
             .unwrap_commit();
-        Ok(LogStore { env, log, meta, fsync_observer })
+        Ok(LogStore { env, log, meta, observer })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, name: &str, subject: ErrorSubject<u64>) -> Result<Option<T>, StorageError> {
@@ -63,7 +68,7 @@ impl LogStore {
             f(&this, &mut wtxn)?;
             let start = std::time::Instant::now();
             wtxn.commit().map_err(|e| e.to_string())?;
-            (this.fsync_observer)(start.elapsed());
+            this.observer.fsync(start.elapsed());
             Ok::<(), String>(())
         })
         .await
@@ -126,6 +131,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.observer.committed(c.index);
+        }
         self.write(ErrorSubject::Store, move |s, wtxn| s.put_meta(wtxn, META_COMMITTED, &committed)).await
     }
 

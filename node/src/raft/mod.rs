@@ -3,12 +3,12 @@
 //! adapter over the peer transport.
 
 mod log_store;
-mod network;
+pub(crate) mod network;
 mod snapshot;
 mod state_machine;
 mod types;
 
-pub use log_store::LogStore;
+pub use log_store::{LogObserver, LogStore};
 pub use network::{PeerNetwork, PeerRequest, PeerResponse};
-pub use state_machine::StateMachine;
+pub use state_machine::{ApplyObserver, StateMachine};
 pub use types::*;

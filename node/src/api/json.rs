@@ -1,0 +1,367 @@
+//! etcd's grpc-gateway JSON: bytes as base64, 64-bit integers as strings
+//! (numbers accepted too), enums by name or number, zero values omitted in
+//! answers, field names in snake_case (camelCase accepted on input).
+
+use crate::kv::*;
+use crate::server::Header;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+/// A request field that could not be decoded.
+#[derive(Debug)]
+pub struct FieldError {
+    /// The field's name.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+type Obj = Map<String, Value>;
+
+fn err(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.to_string(), reason: reason.into() }
+}
+
+fn camel(name: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in name.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn field<'a>(obj: &'a Obj, name: &str) -> Option<&'a Value> {
+    obj.get(name).or_else(|| obj.get(&camel(name))).filter(|v| !v.is_null())
+}
+
+/// Parses a JSON object out of a body.
+pub fn object(body: &[u8]) -> Result<Obj, FieldError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(err("body", "expected a JSON object")),
+        Err(e) => Err(err("body", format!("malformed JSON: {e}"))),
+    }
+}
+
+fn known(obj: &Obj, names: &[&str]) -> Result<(), FieldError> {
+    for k in obj.keys() {
+        if !names.iter().any(|n| n == k || camel(n) == *k) {
+            return Err(err(k, format!("unknown field {k:?}")));
+        }
+    }
+    Ok(())
+}
+
+fn bytes(obj: &Obj, name: &str) -> Result<Vec<u8>, FieldError> {
+    match field(obj, name) {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => STANDARD
+            .decode(s)
+            .or_else(|_| URL_SAFE.decode(s))
+            .map_err(|e| err(name, format!("invalid base64: {e}"))),
+        Some(_) => Err(err(name, "expected a base64 string")),
+    }
+}
+
+fn int(obj: &Obj, name: &str) -> Result<i64, FieldError> {
+    match field(obj, name) {
+        None => Ok(0),
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| err(name, "expected a 64-bit integer")),
+        Some(Value::String(s)) => s.parse().map_err(|_| err(name, "expected a 64-bit integer")),
+        Some(_) => Err(err(name, "expected a 64-bit integer")),
+    }
+}
+
+fn boolean(obj: &Obj, name: &str) -> Result<bool, FieldError> {
+    match field(obj, name) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(err(name, "expected true or false")),
+    }
+}
+
+fn enumeration(obj: &Obj, name: &str, names: &[&str]) -> Result<usize, FieldError> {
+    let bad = || err(name, format!("expected one of {}", names.join(", ")));
+    match field(obj, name) {
+        None => Ok(0),
+        Some(Value::String(s)) => names.iter().position(|n| n == s).ok_or_else(bad),
+        Some(Value::Number(n)) => n.as_u64().map(|n| n as usize).filter(|n| *n < names.len()).ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn sub_object<'a>(obj: &'a Obj, name: &str) -> Result<Option<&'a Obj>, FieldError> {
+    match field(obj, name) {
+        None => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(err(name, "expected an object")),
+    }
+}
+
+fn array<'a>(obj: &'a Obj, name: &str) -> Result<&'a [Value], FieldError> {
+    match field(obj, name) {
+        None => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(err(name, "expected an array")),
+    }
+}
+
+/// Decodes a RangeRequest.
+pub fn range_request(obj: &Obj) -> Result<RangeRequest, FieldError> {
+    known(obj, &["key", "range_end", "limit", "revision", "sort_order", "sort_target", "serializable", "keys_only", "count_only", "min_mod_revision", "max_mod_revision", "min_create_revision", "max_create_revision"])?;
+    Ok(RangeRequest {
+        key: bytes(obj, "key")?,
+        range_end: bytes(obj, "range_end")?,
+        limit: int(obj, "limit")?,
+        revision: int(obj, "revision")?,
+        sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][enumeration(obj, "sort_order", &["NONE", "ASCEND", "DESCEND"])?],
+        sort_target: [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value]
+            [enumeration(obj, "sort_target", &["KEY", "VERSION", "CREATE", "MOD", "VALUE"])?],
+        serializable: boolean(obj, "serializable")?,
+        keys_only: boolean(obj, "keys_only")?,
+        count_only: boolean(obj, "count_only")?,
+        min_mod_revision: int(obj, "min_mod_revision")?,
+        max_mod_revision: int(obj, "max_mod_revision")?,
+        min_create_revision: int(obj, "min_create_revision")?,
+        max_create_revision: int(obj, "max_create_revision")?,
+    })
+}
+
+/// Decodes a PutRequest.
+pub fn put_request(obj: &Obj) -> Result<PutRequest, FieldError> {
+    known(obj, &["key", "value", "lease", "prev_kv", "ignore_value", "ignore_lease"])?;
+    Ok(PutRequest {
+        key: bytes(obj, "key")?,
+        value: bytes(obj, "value")?,
+        lease: int(obj, "lease")?,
+        prev_kv: boolean(obj, "prev_kv")?,
+        ignore_value: boolean(obj, "ignore_value")?,
+        ignore_lease: boolean(obj, "ignore_lease")?,
+    })
+}
+
+/// Decodes a DeleteRangeRequest.
+pub fn delete_request(obj: &Obj) -> Result<DeleteRangeRequest, FieldError> {
+    known(obj, &["key", "range_end", "prev_kv"])?;
+    Ok(DeleteRangeRequest { key: bytes(obj, "key")?, range_end: bytes(obj, "range_end")?, prev_kv: boolean(obj, "prev_kv")? })
+}
+
+/// Decodes a CompactionRequest.
+pub fn compaction_request(obj: &Obj) -> Result<CompactionRequest, FieldError> {
+    known(obj, &["revision", "physical"])?;
+    Ok(CompactionRequest { revision: int(obj, "revision")?, physical: boolean(obj, "physical")? })
+}
+
+fn compare(obj: &Obj) -> Result<Compare, FieldError> {
+    known(obj, &["result", "target", "key", "version", "create_revision", "mod_revision", "value", "lease", "range_end"])?;
+    let result = [CompareResult::Equal, CompareResult::Greater, CompareResult::Less, CompareResult::NotEqual]
+        [enumeration(obj, "result", &["EQUAL", "GREATER", "LESS", "NOT_EQUAL"])?];
+    let target = match enumeration(obj, "target", &["VERSION", "CREATE", "MOD", "VALUE", "LEASE"])? {
+        0 => CompareTarget::Version(int(obj, "version")?),
+        1 => CompareTarget::Create(int(obj, "create_revision")?),
+        2 => CompareTarget::Mod(int(obj, "mod_revision")?),
+        3 => CompareTarget::Value(bytes(obj, "value")?),
+        _ => CompareTarget::Lease(int(obj, "lease")?),
+    };
+    Ok(Compare { result, target, key: bytes(obj, "key")?, range_end: bytes(obj, "range_end")? })
+}
+
+fn request_op(obj: &Obj, depth: usize) -> Result<RequestOp, FieldError> {
+    known(obj, &["request_range", "request_put", "request_delete_range", "request_txn"])?;
+    if obj.len() != 1 {
+        return Err(err("request", "expected exactly one of request_range, request_put, request_delete_range, request_txn"));
+    }
+    if let Some(o) = sub_object(obj, "request_range")? {
+        return Ok(RequestOp::Range(range_request(o)?));
+    }
+    if let Some(o) = sub_object(obj, "request_put")? {
+        return Ok(RequestOp::Put(put_request(o)?));
+    }
+    if let Some(o) = sub_object(obj, "request_delete_range")? {
+        return Ok(RequestOp::DeleteRange(delete_request(o)?));
+    }
+    if let Some(o) = sub_object(obj, "request_txn")? {
+        return Ok(RequestOp::Txn(txn_request_at(o, depth + 1)?));
+    }
+    Err(err("request", "empty request operation"))
+}
+
+/// Decodes a TxnRequest.
+pub fn txn_request(obj: &Obj) -> Result<TxnRequest, FieldError> {
+    txn_request_at(obj, 0)
+}
+
+fn txn_request_at(obj: &Obj, depth: usize) -> Result<TxnRequest, FieldError> {
+    if depth > 16 {
+        return Err(err("request_txn", "transactions nested too deeply"));
+    }
+    known(obj, &["compare", "success", "failure"])?;
+    let objects = |name: &str| -> Result<Vec<&Obj>, FieldError> {
+        array(obj, name)?.iter().map(|v| v.as_object().ok_or_else(|| err(name, "expected objects"))).collect()
+    };
+    Ok(TxnRequest {
+        compare: objects("compare")?.into_iter().map(compare).collect::<Result<_, _>>()?,
+        success: objects("success")?.into_iter().map(|o| request_op(o, depth)).collect::<Result<_, _>>()?,
+        failure: objects("failure")?.into_iter().map(|o| request_op(o, depth)).collect::<Result<_, _>>()?,
+    })
+}
+
+fn put_int(o: &mut Obj, name: &str, v: i64) {
+    if v != 0 {
+        o.insert(name.into(), Value::String(v.to_string()));
+    }
+}
+
+fn put_bytes(o: &mut Obj, name: &str, v: &[u8]) {
+    if !v.is_empty() {
+        o.insert(name.into(), Value::String(STANDARD.encode(v)));
+    }
+}
+
+fn put_bool(o: &mut Obj, name: &str, v: bool) {
+    if v {
+        o.insert(name.into(), Value::Bool(true));
+    }
+}
+
+/// Encodes a header.
+pub fn header(h: &Header) -> Value {
+    let mut o = Obj::new();
+    if h.cluster_id != 0 {
+        o.insert("cluster_id".into(), Value::String(h.cluster_id.to_string()));
+        o.insert("member_id".into(), Value::String(h.member_id.to_string()));
+    }
+    put_int(&mut o, "revision", h.revision);
+    if h.raft_term != 0 {
+        o.insert("raft_term".into(), Value::String(h.raft_term.to_string()));
+    }
+    Value::Object(o)
+}
+
+/// Encodes a key-value.
+pub fn kv(kv: &KeyValue) -> Value {
+    let mut o = Obj::new();
+    put_bytes(&mut o, "key", &kv.key);
+    put_int(&mut o, "create_revision", kv.create_revision);
+    put_int(&mut o, "mod_revision", kv.mod_revision);
+    put_int(&mut o, "version", kv.version);
+    put_bytes(&mut o, "value", &kv.value);
+    put_int(&mut o, "lease", kv.lease);
+    Value::Object(o)
+}
+
+fn with_header(h: Option<&Header>, mut o: Obj) -> Value {
+    if let Some(h) = h {
+        o.insert("header".into(), header(h));
+    }
+    Value::Object(o)
+}
+
+/// Encodes a RangeResponse.
+pub fn range_response(h: Option<&Header>, r: &RangeResponse) -> Value {
+    let mut o = Obj::new();
+    if !r.kvs.is_empty() {
+        o.insert("kvs".into(), Value::Array(r.kvs.iter().map(kv).collect()));
+    }
+    put_bool(&mut o, "more", r.more);
+    put_int(&mut o, "count", r.count);
+    with_header(h, o)
+}
+
+/// Encodes a PutResponse.
+pub fn put_response(h: Option<&Header>, r: &PutResponse) -> Value {
+    let mut o = Obj::new();
+    if let Some(p) = &r.prev_kv {
+        o.insert("prev_kv".into(), kv(p));
+    }
+    with_header(h, o)
+}
+
+/// Encodes a DeleteRangeResponse.
+pub fn delete_response(h: Option<&Header>, r: &DeleteRangeResponse) -> Value {
+    let mut o = Obj::new();
+    put_int(&mut o, "deleted", r.deleted);
+    if !r.prev_kvs.is_empty() {
+        o.insert("prev_kvs".into(), Value::Array(r.prev_kvs.iter().map(kv).collect()));
+    }
+    with_header(h, o)
+}
+
+/// Encodes a TxnResponse; answers inside carry a header with only the revision, as etcd's do.
+pub fn txn_response(h: Option<&Header>, r: &TxnResponse) -> Value {
+    let inner = h.map(|h| Header { cluster_id: 0, member_id: 0, revision: h.revision, raft_term: 0 });
+    let mut o = Obj::new();
+    put_bool(&mut o, "succeeded", r.succeeded);
+    if !r.responses.is_empty() {
+        let ops = r
+            .responses
+            .iter()
+            .map(|op| match op {
+                ResponseOp::Range(x) => json!({ "response_range": range_response(inner.as_ref(), x) }),
+                ResponseOp::Put(x) => json!({ "response_put": put_response(inner.as_ref(), x) }),
+                ResponseOp::DeleteRange(x) => json!({ "response_delete_range": delete_response(inner.as_ref(), x) }),
+                ResponseOp::Txn(x) => json!({ "response_txn": txn_response(inner.as_ref(), x) }),
+            })
+            .collect();
+        o.insert("responses".into(), Value::Array(ops));
+    }
+    with_header(h, o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoders_accept_etcd_shapes_and_name_the_bad_field() {
+        let o = object(br#"{"key":"YQ==","rangeEnd":"Yg==","limit":"2","sort_order":"DESCEND","sort_target":4}"#).unwrap();
+        let r = range_request(&o).unwrap();
+        assert_eq!((r.key, r.range_end, r.limit, r.sort_order, r.sort_target), (b"a".to_vec(), b"b".to_vec(), 2, SortOrder::Descend, SortTarget::Value));
+        let e = range_request(&object(br#"{"key":"!!"}"#).unwrap()).unwrap_err();
+        assert_eq!(e.field, "key");
+        let e = range_request(&object(br#"{"limit":"x"}"#).unwrap()).unwrap_err();
+        assert_eq!(e.field, "limit");
+        let e = txn_request(&object(br#"{"compare":[{"target":"COLOR"}]}"#).unwrap()).unwrap_err();
+        assert_eq!(e.field, "target");
+        assert!(object(b"{not json").is_err());
+    }
+
+    #[test]
+    fn decoders_never_panic_on_arbitrary_input() {
+        // A small deterministic fuzz: mutate valid requests byte by byte.
+        let seeds: [&[u8]; 3] = [
+            br#"{"key":"YQ==","range_end":"Yg==","limit":"2","sort_order":"DESCEND"}"#,
+            br#"{"compare":[{"target":"VALUE","result":"EQUAL","key":"YQ==","value":"MQ=="}],"success":[{"request_put":{"key":"YQ==","value":"Mg=="}}],"failure":[{"request_txn":{"success":[{"request_range":{"key":"YQ=="}}]}}]}"#,
+            br#"{"key":"YQ==","value":"Mg==","lease":"0","prev_kv":true}"#,
+        ];
+        let mut state: u64 = 0x9E3779B97F4A7C15;
+        for seed in seeds {
+            for _ in 0..3000 {
+                let mut input = seed.to_vec();
+                for _ in 0..(state % 4 + 1) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let pos = (state as usize) % input.len();
+                    input[pos] = (state >> 32) as u8;
+                }
+                if let Ok(o) = object(&input) {
+                    let _ = range_request(&o);
+                    let _ = put_request(&o);
+                    let _ = delete_request(&o);
+                    let _ = txn_request(&o);
+                    let _ = compaction_request(&o);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The client HTTP API: etcd's v3 JSON gateway (`/v3/...`), the native `/v1`
+//! API, and `/health`, `/ready`, `/version`, `/metrics`. Handlers decode,
+//! validate and call the node's typed operations; they never touch storage.
+
+mod json;
+mod v1;
+mod v3;
+
+use crate::kv::{grpc_code, KvError};
+use crate::server::{Node, NodeError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use std::time::Instant;
+
+/// An error answered in etcd's gateway format: `{"error","code","message"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: i32,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: i32, message: impl Into<String>) -> ApiError {
+        ApiError { status: http_status(code), code, message: message.into() }
+    }
+
+    fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(grpc_code::INVALID_ARGUMENT, message)
+    }
+}
+
+/// grpc-gateway's mapping from gRPC codes to HTTP statuses.
+fn http_status(code: i32) -> StatusCode {
+    match code {
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        5 => StatusCode::NOT_FOUND,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        ApiError::new(e.grpc_code(), e.to_string())
+    }
+}
+
+impl From<KvError> for ApiError {
+    fn from(e: KvError) -> ApiError {
+        ApiError::new(e.grpc_code(), e.to_string())
+    }
+}
+
+impl From<json::FieldError> for ApiError {
+    fn from(e: json::FieldError) -> ApiError {
+        ApiError::invalid(format!("{}: {}", e.field, e.reason))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.message, "code": self.code, "message": self.message });
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+/// Builds the router for a node.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/v3/kv/range", post(v3::range))
+        .route("/v3/kv/put", post(v3::put))
+        .route("/v3/kv/deleterange", post(v3::delete_range))
+        .route("/v3/kv/txn", post(v3::txn))
+        .route("/v3/kv/compaction", post(v3::compaction))
+        .route("/v3/maintenance/status", post(v3::status))
+        .route("/v3/cluster/member/list", post(v3::member_list))
+        .route("/v1/kv/{*key}", get(v1::get).put(v1::put).delete(v1::delete))
+        .route("/v1/status", get(v1::status))
+        .route("/version", get(version))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), observe))
+        .with_state(node)
+}
+
+async fn observe(State(node): State<Node>, req: Request, next: Next) -> Response {
+    let route = route_label(req.uri().path());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let m = node.metrics();
+    m.api_requests.with_label_values(&[route, response.status().as_str()]).inc();
+    m.api_duration.with_label_values(&[route]).observe(start.elapsed().as_secs_f64());
+    response
+}
+
+/// A bounded set of route labels, so metric cardinality does not follow keys.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v3/kv/range" => "/v3/kv/range",
+        "/v3/kv/put" => "/v3/kv/put",
+        "/v3/kv/deleterange" => "/v3/kv/deleterange",
+        "/v3/kv/txn" => "/v3/kv/txn",
+        "/v3/kv/compaction" => "/v3/kv/compaction",
+        "/v3/maintenance/status" => "/v3/maintenance/status",
+        "/v3/cluster/member/list" => "/v3/cluster/member/list",
+        "/v1/status" => "/v1/status",
+        "/version" => "/version",
+        "/health" => "/health",
+        "/ready" => "/ready",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/v1/kv/") => "/v1/kv",
+        _ => "other",
+    }
+}
+
+/// Reads a request body, refusing bodies above the limit with etcd's error.
+async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    // Base64 makes bytes 4/3 larger; allow for it and for the JSON around them.
+    let limit = node.config().limits.request_bytes_max * 4 / 3 + 64 * 1024;
+    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::from(KvError::RequestTooLarge))
+}
+
+async fn not_found() -> ApiError {
+    ApiError { status: StatusCode::NOT_FOUND, code: grpc_code::NOT_FOUND, message: "Not Found".into() }
+}
+
+async fn version() -> impl IntoResponse {
+    axum::Json(json!({ "etcdserver": "3.4.0", "etcdcluster": "3.4.0", "meridian": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({ "health": "true" }))
+}
+
+async fn ready(State(node): State<Node>) -> Response {
+    if node.ready().await {
+        axum::Json(json!({ "ready": true })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "ready": false, "reason": "no leader or not caught up" }))).into_response()
+    }
+}
+
+async fn metrics(State(node): State<Node>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics().render())
+}

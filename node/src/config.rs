@@ -1,0 +1,101 @@
+//! A server's validated configuration, as the node needs it. The binary reads
+//! files and environment into this; the node trusts it to be checked.
+
+use meridian_gateway::tls::TlsPaths;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One initial member of the datacenter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    /// Its QUIC peer address.
+    pub peer_addr: String,
+    /// Its client URL, if known.
+    pub client_url: String,
+}
+
+/// Raft timing and snapshot policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftSettings {
+    /// Leader heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Smallest election timeout.
+    pub election_timeout_min: Duration,
+    /// Largest election timeout.
+    pub election_timeout_max: Duration,
+    /// A snapshot is built after this many log entries since the last one.
+    pub snapshot_logs: u64,
+    /// Log entries kept below the latest snapshot (for followers slightly behind).
+    pub purge_lag_logs: u64,
+    /// Deadline of one peer RPC.
+    pub rpc_timeout: Duration,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_logs: 10_000,
+            purge_lag_logs: 1_000,
+            rpc_timeout: Duration::from_millis(3000),
+        }
+    }
+}
+
+/// Request limits and the database quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request (decoded bytes of keys, values and fields), like etcd's `--max-request-bytes`.
+    pub request_bytes_max: usize,
+    /// Largest key.
+    pub key_bytes_max: usize,
+    /// Largest value.
+    pub value_bytes_max: usize,
+    /// Database quota: past it, the NOSPACE alarm blocks puts.
+    pub quota_bytes: u64,
+    /// How long a client request may wait for Raft.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_bytes_max: 1536 * 1024,
+            key_bytes_max: 1536 * 1024,
+            value_bytes_max: 1536 * 1024,
+            quota_bytes: 2 * 1024 * 1024 * 1024,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything one server needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This server's name, unique in its datacenter.
+    pub name: String,
+    /// The datacenter's name.
+    pub datacenter: String,
+    /// Where `raft/`, `state/` and `snapshots/` live.
+    pub data_dir: PathBuf,
+    /// Client HTTP listen address.
+    pub client_addr: SocketAddr,
+    /// QUIC listen address.
+    pub peer_addr: SocketAddr,
+    /// Client URL other servers and tools are told.
+    pub advertise_client_url: String,
+    /// Peer address other servers are told.
+    pub advertise_peer_addr: String,
+    /// The datacenter's first members (name → addresses), used once to bootstrap.
+    pub initial_members: BTreeMap<String, InitialMember>,
+    /// TLS material for the peer transport.
+    pub tls: TlsPaths,
+    /// Raft settings.
+    pub raft: RaftSettings,
+    /// Limits.
+    pub limits: Limits,
+}

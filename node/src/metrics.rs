@@ -1,0 +1,131 @@
+//! The server's Prometheus metrics (names prefixed `meridian_`, units in the name).
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 when the server knows a leader.
+    pub has_leader: IntGauge,
+    /// 1 when this server is the leader.
+    pub is_leader: IntGauge,
+    /// Leader changes seen.
+    pub leader_changes: IntCounter,
+    /// Current Raft term.
+    pub term: IntGauge,
+    /// Highest log index known committed.
+    pub commit_index: IntGauge,
+    /// Highest log index applied.
+    pub applied_index: IntGauge,
+    /// Last log index.
+    pub last_log_index: IntGauge,
+    /// Proposals committed.
+    pub proposals_committed: IntCounter,
+    /// Proposals that failed.
+    pub proposals_failed: IntCounter,
+    /// Proposals in flight.
+    pub proposals_pending: IntGauge,
+    /// Time from proposal to applied answer.
+    pub proposal_duration: Histogram,
+    /// Durable commit time of the Raft log.
+    pub fsync_duration: Histogram,
+    /// Bytes of the state database in use.
+    pub db_size: IntGauge,
+    /// The database quota.
+    pub db_quota: IntGauge,
+    /// Live keys.
+    pub keys: IntGauge,
+    /// Current revision.
+    pub revision: IntGauge,
+    /// Compacted revision.
+    pub compacted_revision: IntGauge,
+    /// 1 while the NOSPACE alarm is raised.
+    pub nospace_alarm: IntGauge,
+    /// Client API requests by route and status.
+    pub api_requests: IntCounterVec,
+    /// Client API latency by route.
+    pub api_duration: HistogramVec,
+    /// Snapshot build/install durations.
+    pub snapshot_duration: HistogramVec,
+    /// Writes forwarded from this follower to the leader.
+    pub forwarded_writes: IntCounter,
+}
+
+fn secs(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(buckets)
+}
+
+fn fast_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()
+}
+
+impl Metrics {
+    /// Creates and registers every metric, with `datacenter` and `name` as constant labels of build info.
+    pub fn new(datacenter: &str, name: &str) -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let g = |n: &str, h: &str| -> Result<IntGauge, prometheus::Error> {
+            let m = IntGauge::new(n, h)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let c = |n: &str, h: &str| -> Result<IntCounter, prometheus::Error> {
+            let m = IntCounter::new(n, h)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let h = |o: HistogramOpts| -> Result<Histogram, prometheus::Error> {
+            let m = Histogram::with_opts(o)?;
+            registry.register(Box::new(m.clone()))?;
+            Ok(m)
+        };
+        let build = IntGauge::with_opts(
+            Opts::new("meridian_build_info", "Build information; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("datacenter", datacenter)
+                .const_label("name", name),
+        )?;
+        build.set(1);
+        registry.register(Box::new(build))?;
+        let api_requests = IntCounterVec::new(Opts::new("meridian_api_requests_total", "Client API requests by route and HTTP status."), &["route", "code"])?;
+        registry.register(Box::new(api_requests.clone()))?;
+        let api_duration = HistogramVec::new(secs("meridian_api_request_duration_seconds", "Client API request latency by route.", fast_buckets()), &["route"])?;
+        registry.register(Box::new(api_duration.clone()))?;
+        let snapshot_duration = HistogramVec::new(
+            secs("meridian_snapshot_duration_seconds", "Raft snapshot build and install time.", prometheus::exponential_buckets(0.001, 2.0, 16)?),
+            &["kind"],
+        )?;
+        registry.register(Box::new(snapshot_duration.clone()))?;
+        Ok(Metrics {
+            has_leader: g("meridian_has_leader", "1 when this server knows a leader.")?,
+            is_leader: g("meridian_is_leader", "1 when this server is the leader.")?,
+            leader_changes: c("meridian_leader_changes_total", "Leader changes seen by this server.")?,
+            term: g("meridian_raft_term", "Current Raft term.")?,
+            commit_index: g("meridian_raft_commit_index", "Highest Raft log index known committed.")?,
+            applied_index: g("meridian_raft_applied_index", "Highest Raft log index applied to the state machine.")?,
+            last_log_index: g("meridian_raft_last_log_index", "Last Raft log index.")?,
+            proposals_committed: c("meridian_proposals_committed_total", "Proposals committed and applied.")?,
+            proposals_failed: c("meridian_proposals_failed_total", "Proposals that failed (no leader, timeout, shutdown).")?,
+            proposals_pending: g("meridian_proposals_pending", "Proposals waiting for commit.")?,
+            proposal_duration: h(secs("meridian_proposal_duration_seconds", "Time from proposal to applied answer.", fast_buckets()))?,
+            fsync_duration: h(secs("meridian_fsync_duration_seconds", "Durable commit time of the Raft log.", fast_buckets()))?,
+            db_size: g("meridian_db_size_bytes", "Bytes of the state database in use.")?,
+            db_quota: g("meridian_db_quota_bytes", "Database quota in bytes.")?,
+            keys: g("meridian_keys", "Live keys.")?,
+            revision: g("meridian_revision", "Current revision of the key-value store.")?,
+            compacted_revision: g("meridian_compacted_revision", "Compacted revision of the key-value store.")?,
+            nospace_alarm: g("meridian_nospace_alarm", "1 while the NOSPACE alarm blocks puts.")?,
+            forwarded_writes: c("meridian_forwarded_writes_total", "Writes forwarded from this follower to the leader.")?,
+            api_requests,
+            api_duration,
+            snapshot_duration,
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,556 @@
+//! A running server: opens storage, starts Raft and the peer transport,
+//! bootstraps the datacenter once, and offers the typed operations the client
+//! API calls (writes through Raft, reads through ReadIndex or locally).
+
+use crate::config::NodeConfig;
+use crate::kv::*;
+use crate::metrics::Metrics;
+use crate::raft::network::ForwardError;
+use crate::raft::{self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, Raft, StateMachine};
+use crate::store::{self, EnvKind};
+use meridian_gateway::tls::TlsMaterial;
+use meridian_gateway::{Endpoint, EndpointOptions, GatewayError, ALPN_PEER};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why the server could not start or serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Storage could not be opened or used.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The peer transport could not be set up.
+    #[error("peer transport: {0}")]
+    Transport(#[from] GatewayError),
+    /// Raft could not be started.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// No leader could be reached within the deadline (retryable).
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request's outcome is unknown: it may or may not have been applied.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The server is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The key-value store refused the request.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+impl NodeError {
+    /// The gRPC code etcd uses for this error.
+    pub fn grpc_code(&self) -> i32 {
+        use crate::kv::grpc_code::*;
+        match self {
+            NodeError::Kv(e) => e.grpc_code(),
+            NodeError::NoLeader | NodeError::Stopped | NodeError::Transport(_) => UNAVAILABLE,
+            NodeError::Timeout => DEADLINE_EXCEEDED,
+            NodeError::Storage(_) | NodeError::Raft(_) => INTERNAL,
+        }
+    }
+}
+
+/// The etcd response header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The datacenter's cluster id.
+    pub cluster_id: u64,
+    /// This server's id.
+    pub member_id: u64,
+    /// The revision the answer reflects.
+    pub revision: i64,
+    /// The Raft term.
+    pub raft_term: u64,
+}
+
+/// A member as `member list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its peer address.
+    pub peer_addr: String,
+    /// Its client URL.
+    pub client_url: String,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The header at the current revision.
+    pub header: Header,
+    /// Meridian's version.
+    pub version: String,
+    /// The datacenter.
+    pub datacenter: String,
+    /// This server's name.
+    pub name: String,
+    /// Bytes of the state database in use.
+    pub db_size: u64,
+    /// The leader's id (0 if none is known).
+    pub leader: u64,
+    /// Last log index.
+    pub raft_index: u64,
+    /// Applied log index.
+    pub raft_applied_index: u64,
+    /// Raised alarms (NOSPACE).
+    pub alarms: Vec<String>,
+    /// Live keys.
+    pub keys: i64,
+    /// Compacted revision.
+    pub compacted_revision: i64,
+}
+
+struct Inner {
+    config: NodeConfig,
+    id: u64,
+    cluster_id: u64,
+    raft: Raft,
+    store: KvStore,
+    network: PeerNetwork,
+    endpoint: Endpoint,
+    metrics: Arc<Metrics>,
+    nospace: AtomicBool,
+}
+
+/// A running server; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Observer {
+    metrics: Arc<Metrics>,
+    name: String,
+}
+
+struct LogMetrics(Arc<Metrics>);
+
+impl raft::LogObserver for LogMetrics {
+    fn fsync(&self, duration: Duration) {
+        self.0.fsync_duration.observe(duration.as_secs_f64());
+    }
+    fn committed(&self, index: u64) {
+        self.0.commit_index.set(index as i64);
+    }
+}
+
+impl raft::ApplyObserver for Observer {
+    fn applied(&self, last: LogId, revision: i64, _entries: usize) {
+        self.metrics.applied_index.set(last.index as i64);
+        self.metrics.revision.set(revision);
+    }
+    fn snapshot(&self, installed: bool, meta: &openraft::SnapshotMeta<u64, Member>, duration: Duration) {
+        let kind = if installed { "install" } else { "build" };
+        self.metrics.snapshot_duration.with_label_values(&[kind]).observe(duration.as_secs_f64());
+        tracing::info!(server = %self.name, kind, last_log_id = ?meta.last_log_id, ms = duration.as_millis() as u64, "snapshot {}", if installed { "installed" } else { "built" });
+    }
+}
+
+impl Node {
+    /// Opens storage, starts Raft and the peer transport, and bootstraps the
+    /// datacenter if this server's storage is new and it is an initial member.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let id = raft::member_id(&config.name);
+        let names: Vec<String> = config.initial_members.keys().cloned().collect();
+        let cluster_id = raft::cluster_id(&config.datacenter, &names);
+        let metrics = Arc::new(Metrics::new(&config.datacenter, &config.name).map_err(|e| NodeError::Storage(e.to_string()))?);
+        metrics.db_quota.set(config.limits.quota_bytes as i64);
+
+        let storage = |e: heed::Error| NodeError::Storage(e.to_string());
+        let raft_env = store::open_env(&config.data_dir.join("raft"), EnvKind::Raft).map_err(storage)?;
+        let state_env = store::open_env(&config.data_dir.join("state"), EnvKind::State).map_err(storage)?;
+        let log_store = LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
+        let kv = KvStore::open(state_env)?;
+        let observer = Arc::new(Observer { metrics: metrics.clone(), name: config.name.clone() });
+        let state_machine = StateMachine::new(kv, config.data_dir.join("snapshots"), observer).map_err(|e| NodeError::Storage(e.to_string()))?;
+
+        let material = TlsMaterial::load(&config.tls)?;
+        let options = EndpointOptions { connect_timeout: config.raft.rpc_timeout, ..EndpointOptions::default() };
+        let endpoint = Endpoint::bind(config.peer_addr, &material, &[ALPN_PEER], options)?;
+        let network = PeerNetwork::new(endpoint.clone());
+
+        let raft_config = openraft::Config {
+            cluster_name: config.datacenter.clone(),
+            heartbeat_interval: config.raft.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: config.raft.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.raft.election_timeout_max.as_millis() as u64,
+            install_snapshot_timeout: config.raft.rpc_timeout.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.raft.purge_lag_logs,
+            max_payload_entries: 512,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(raft_config), network.clone(), log_store, state_machine)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let node = Node {
+            inner: Arc::new(Inner {
+                config,
+                id,
+                cluster_id,
+                raft,
+                store: kv,
+                network,
+                endpoint: endpoint.clone(),
+                metrics,
+                nospace: AtomicBool::new(false),
+            }),
+        };
+        let handler_node = node.clone();
+        endpoint.register(
+            ALPN_PEER,
+            Arc::new(move |bytes: Vec<u8>| {
+                let node = handler_node.clone();
+                Box::pin(async move { node.serve_peer(bytes).await })
+            }),
+        );
+        node.bootstrap_once().await?;
+        node.refresh_store_metrics();
+        tokio::spawn(watch_raft_metrics(node.clone()));
+        Ok(node)
+    }
+
+    async fn bootstrap_once(&self) -> Result<(), NodeError> {
+        let inner = &self.inner;
+        if !inner.config.initial_members.contains_key(&inner.config.name) {
+            return Ok(());
+        }
+        let initialized = inner.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members: BTreeMap<u64, Member> = inner
+            .config
+            .initial_members
+            .iter()
+            .map(|(name, m)| {
+                let client_url = if *name == inner.config.name { inner.config.advertise_client_url.clone() } else { m.client_url.clone() };
+                (raft::member_id(name), Member { name: name.clone(), peer_addr: m.peer_addr.clone(), client_url })
+            })
+            .collect();
+        match inner.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(server = %inner.config.name, datacenter = %inner.config.datacenter, "bootstrapped datacenter from initial members");
+                Ok(())
+            }
+            // Another initial member's bootstrap reached this server first: nothing to do.
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// This server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The server's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// This server's member id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The header for an answer at `revision`.
+    pub fn header(&self, revision: i64) -> Header {
+        Header {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.id,
+            revision,
+            raft_term: self.inner.raft.metrics().borrow().current_term,
+        }
+    }
+
+    /// Proposes a write through Raft (forwarding to the leader if needed) and returns its outcome.
+    pub async fn write(&self, command: Command) -> Result<(Header, Outcome), NodeError> {
+        let is_put = match &command {
+            Command::Put(_) => true,
+            Command::Txn(t) => t.has_puts(),
+            _ => false,
+        };
+        if is_put && self.quota_exceeded() {
+            return Err(KvError::NoSpace.into());
+        }
+        let m = &self.inner.metrics;
+        m.proposals_pending.inc();
+        let start = Instant::now();
+        let result = self.propose(command).await;
+        m.proposals_pending.dec();
+        m.proposal_duration.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(applied) => {
+                m.proposals_committed.inc();
+                let outcome = applied.outcome?;
+                Ok((self.header(applied.revision), outcome))
+            }
+            Err(e) => {
+                m.proposals_failed.inc();
+                Err(e)
+            }
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<Applied, NodeError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.config.limits.request_timeout;
+        loop {
+            let leader = match inner.raft.client_write(command.clone()).await {
+                Ok(response) => return Ok(response.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id.zip(f.leader_node),
+                Err(RaftError::APIError(e)) => return Err(NodeError::Raft(e.to_string())),
+                Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
+            };
+            if let Some((leader_id, member)) = leader {
+                if leader_id != inner.id {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    inner.metrics.forwarded_writes.inc();
+                    match inner.network.send(&member, &PeerRequest::Write(command.clone()), remaining).await {
+                        Ok(PeerResponse::Write(Ok(applied))) => return Ok(applied),
+                        Ok(PeerResponse::Write(Err(ForwardError::NotLeader { .. }))) => {}
+                        Ok(PeerResponse::Write(Err(ForwardError::Unavailable(_)))) => {}
+                        // Not sent at all: safe to try again.
+                        Err(GatewayError::Connect { .. }) => {}
+                        // Sent, outcome unknown: the client must decide (as with etcd's timeout).
+                        Err(_) | Ok(_) => return Err(NodeError::Timeout),
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until a read of local state is linearizable: ReadIndex at the
+    /// leader (asked over the peer transport from a follower), then local
+    /// apply up to that index.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.config.limits.request_timeout;
+        loop {
+            let leader = match inner.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f.leader_id.zip(f.leader_node),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
+                Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
+            };
+            if let Some((leader_id, member)) = leader {
+                if leader_id != inner.id {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if let Ok(PeerResponse::ReadIndex(Ok(index))) = inner.network.send(&member, &PeerRequest::ReadIndex, remaining).await {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        return match inner.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "read index").await {
+                            Ok(_) => Ok(()),
+                            Err(_) => Err(NodeError::Timeout),
+                        };
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// etcd's range: linearizable unless `serializable`.
+    pub async fn range(&self, req: RangeRequest) -> Result<(Header, RangeResponse), NodeError> {
+        if !req.serializable {
+            self.read_barrier().await?;
+        }
+        let store = self.inner.store;
+        let rtxn = store.env().read_txn().map_err(|e| NodeError::Storage(e.to_string()))?;
+        let revision = store.revision(&rtxn)?;
+        let response = store.range(&rtxn, &req)?;
+        Ok((self.header(revision), response))
+    }
+
+    /// etcd's put.
+    pub async fn put(&self, req: PutRequest) -> Result<(Header, PutResponse), NodeError> {
+        match self.write(Command::Put(req)).await? {
+            (h, Outcome::Put(r)) => Ok((h, r)),
+            _ => Err(NodeError::Raft("unexpected outcome".into())),
+        }
+    }
+
+    /// etcd's delete_range.
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<(Header, DeleteRangeResponse), NodeError> {
+        match self.write(Command::DeleteRange(req)).await? {
+            (h, Outcome::DeleteRange(r)) => Ok((h, r)),
+            _ => Err(NodeError::Raft("unexpected outcome".into())),
+        }
+    }
+
+    /// etcd's txn. A transaction without writes is served as a read, like etcd does.
+    pub async fn txn(&self, req: TxnRequest) -> Result<(Header, TxnResponse), NodeError> {
+        check_txn(&req)?;
+        match self.write(Command::Txn(req)).await? {
+            (h, Outcome::Txn(r)) => Ok((h, r)),
+            _ => Err(NodeError::Raft("unexpected outcome".into())),
+        }
+    }
+
+    /// etcd's compaction.
+    pub async fn compact(&self, req: CompactionRequest) -> Result<Header, NodeError> {
+        let (h, _) = self.write(Command::Compact(req)).await?;
+        tracing::info!(server = %self.inner.config.name, revision = h.revision, "compaction applied");
+        self.refresh_store_metrics();
+        Ok(h)
+    }
+
+    /// The current members.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, m)| MemberInfo {
+                id: *id,
+                name: m.name.clone(),
+                peer_addr: m.peer_addr.clone(),
+                client_url: m.client_url.clone(),
+                is_learner: !voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// The server's status.
+    pub fn status(&self) -> Result<Status, NodeError> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let store = self.inner.store;
+        let rtxn = store.env().read_txn().map_err(|e| NodeError::Storage(e.to_string()))?;
+        let revision = store.revision(&rtxn)?;
+        Ok(Status {
+            header: Header { cluster_id: self.inner.cluster_id, member_id: self.inner.id, revision, raft_term: metrics.current_term },
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            datacenter: self.inner.config.datacenter.clone(),
+            name: self.inner.config.name.clone(),
+            db_size: store::used_bytes(store.env()),
+            leader: metrics.current_leader.unwrap_or(0),
+            raft_index: metrics.last_log_index.unwrap_or(0),
+            raft_applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            alarms: if self.inner.nospace.load(Ordering::Relaxed) { vec!["NOSPACE".to_string()] } else { Vec::new() },
+            keys: store.key_count(&rtxn)?,
+            compacted_revision: store.compacted_revision(&rtxn)?,
+        })
+    }
+
+    /// Whether the server has a leader and has applied everything the leader
+    /// had committed when asked (a linearizable barrier that succeeds).
+    pub async fn ready(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader.is_some() && self.read_barrier().await.is_ok()
+    }
+
+    fn quota_exceeded(&self) -> bool {
+        let used = store::used_bytes(self.inner.store.env());
+        let over = used >= self.inner.config.limits.quota_bytes;
+        if over != self.inner.nospace.swap(over, Ordering::Relaxed) {
+            self.inner.metrics.nospace_alarm.set(over as i64);
+            if over {
+                tracing::warn!(server = %self.inner.config.name, used, quota = self.inner.config.limits.quota_bytes, "NOSPACE alarm raised: puts are refused until space is freed");
+            } else {
+                tracing::info!(server = %self.inner.config.name, "NOSPACE alarm cleared");
+            }
+        }
+        over
+    }
+
+    fn refresh_store_metrics(&self) {
+        let store = self.inner.store;
+        let m = &self.inner.metrics;
+        m.db_size.set(store::used_bytes(store.env()) as i64);
+        if let Ok(rtxn) = store.env().read_txn() {
+            if let (Ok(rev), Ok(compacted), Ok(keys)) = (store.revision(&rtxn), store.compacted_revision(&rtxn), store.key_count(&rtxn)) {
+                m.revision.set(rev);
+                m.compacted_revision.set(compacted);
+                m.keys.set(keys);
+            }
+        }
+    }
+
+    async fn serve_peer(&self, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        let request: PeerRequest = postcard::from_bytes(&bytes).map_err(|e| format!("bad peer request: {e}"))?;
+        let raft = &self.inner.raft;
+        let response = match request {
+            PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+            PeerRequest::InstallSnapshot(r) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
+            PeerRequest::Write(command) => PeerResponse::Write(match raft.client_write(command).await {
+                Ok(r) => Ok(r.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+                }
+                Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+            }),
+            PeerRequest::ReadIndex => PeerResponse::ReadIndex(match raft.get_read_log_id().await {
+                Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+                }
+                Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+            }),
+        };
+        postcard::to_allocvec(&response).map_err(|e| e.to_string())
+    }
+
+    /// Stops Raft and the peer transport.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.raft.shutdown().await;
+        self.inner.endpoint.shutdown().await;
+    }
+}
+
+async fn watch_raft_metrics(node: Node) {
+    let mut rx = node.inner.raft.metrics();
+    let mut last_leader: Option<u64> = None;
+    let mut ticks: u32 = 0;
+    loop {
+        let changed = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        if let Ok(Err(_)) = changed {
+            return;
+        }
+        let m = rx.borrow_and_update().clone();
+        let metrics = &node.inner.metrics;
+        metrics.term.set(m.current_term as i64);
+        metrics.has_leader.set(m.current_leader.is_some() as i64);
+        metrics.is_leader.set((m.state == ServerState::Leader) as i64);
+        metrics.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+        metrics.applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
+        if m.current_leader != last_leader {
+            if m.current_leader.is_some() {
+                metrics.leader_changes.inc();
+            }
+            let name = &node.inner.config.name;
+            match m.current_leader {
+                Some(id) if id == node.inner.id => tracing::info!(server = %name, term = m.current_term, "became leader"),
+                Some(id) => tracing::info!(server = %name, term = m.current_term, leader = id, "leader elected"),
+                None => tracing::warn!(server = %name, term = m.current_term, "lost leader"),
+            }
+            last_leader = m.current_leader;
+        }
+        ticks = ticks.wrapping_add(1);
+        if ticks % 4 == 0 || changed.is_err() {
+            node.refresh_store_metrics();
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod agent;
+pub mod client;
+pub mod dev;
+pub mod kv;
+pub mod member;
+pub mod tls;

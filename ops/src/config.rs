@@ -1,0 +1,173 @@
+//! The agent's configuration file: TOML, then `MERIDIAN_`-prefixed environment
+//! variables (`__` separates nested keys, e.g. `MERIDIAN_LIMITS__QUOTA_BYTES`),
+//! then the documented defaults. Unknown keys and bad values stop start-up with
+//! a message naming the key.
+
+use anyhow::{bail, Context, Result};
+use meridian_gateway::tls::TlsPaths;
+use meridian_node::config::{InitialMember, Limits, RaftSettings};
+use meridian_node::NodeConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    name: String,
+    datacenter: String,
+    data_dir: PathBuf,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    advertise_client_url: Option<String>,
+    advertise_peer_addr: Option<String>,
+    initial_members: BTreeMap<String, MemberSpec>,
+    tls: TlsSection,
+    #[serde(default)]
+    raft: RaftSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MemberSpec {
+    Peer(String),
+    Full { peer: String, client: Option<String> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RaftSection {
+    heartbeat_interval_ms: u64,
+    election_timeout_min_ms: u64,
+    election_timeout_max_ms: u64,
+    snapshot_logs: u64,
+    purge_lag_logs: u64,
+    rpc_timeout_ms: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let d = RaftSettings::default();
+        RaftSection {
+            heartbeat_interval_ms: d.heartbeat_interval.as_millis() as u64,
+            election_timeout_min_ms: d.election_timeout_min.as_millis() as u64,
+            election_timeout_max_ms: d.election_timeout_max.as_millis() as u64,
+            snapshot_logs: d.snapshot_logs,
+            purge_lag_logs: d.purge_lag_logs,
+            rpc_timeout_ms: d.rpc_timeout.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    request_bytes_max: usize,
+    key_bytes_max: usize,
+    value_bytes_max: usize,
+    quota_bytes: u64,
+    request_timeout_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = Limits::default();
+        LimitsSection {
+            request_bytes_max: d.request_bytes_max,
+            key_bytes_max: d.key_bytes_max,
+            value_bytes_max: d.value_bytes_max,
+            quota_bytes: d.quota_bytes,
+            request_timeout_ms: d.request_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// Reads, merges and validates the configuration.
+pub fn load(path: &Path) -> Result<NodeConfig> {
+    if !path.is_file() {
+        bail!("config file {} not found", path.display());
+    }
+    let raw = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(config::Environment::with_prefix("MERIDIAN").prefix_separator("_").separator("__").try_parsing(true))
+        .build()
+        .with_context(|| format!("config file {}", path.display()))?;
+    let file: FileConfig = raw.try_deserialize().map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    validate(file)
+}
+
+fn validate(f: FileConfig) -> Result<NodeConfig> {
+    let bad = |key: &str, why: &str| anyhow::anyhow!("config key `{key}`: {why}");
+    if f.name.is_empty() || f.name.contains(['/', '\\']) {
+        return Err(bad("name", "must be a non-empty name without slashes"));
+    }
+    if f.datacenter.is_empty() {
+        return Err(bad("datacenter", "must not be empty"));
+    }
+    if !f.initial_members.contains_key(&f.name) {
+        return Err(bad("initial_members", "must include this server's own name"));
+    }
+    let mut initial_members = BTreeMap::new();
+    for (name, spec) in f.initial_members {
+        let (peer, client) = match spec {
+            MemberSpec::Peer(p) => (p, None),
+            MemberSpec::Full { peer, client } => (peer, client),
+        };
+        if peer.parse::<SocketAddr>().is_err() && !peer.contains(':') {
+            return Err(bad(&format!("initial_members.{name}"), "peer address must be host:port"));
+        }
+        initial_members.insert(name, InitialMember { peer_addr: peer, client_url: client.unwrap_or_default() });
+    }
+    let r = f.raft;
+    if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+        return Err(bad("raft.election_timeout_min_ms", "must be greater than raft.heartbeat_interval_ms"));
+    }
+    if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+        return Err(bad("raft.election_timeout_max_ms", "must be greater than raft.election_timeout_min_ms"));
+    }
+    if r.snapshot_logs == 0 {
+        return Err(bad("raft.snapshot_logs", "must be at least 1"));
+    }
+    let l = f.limits;
+    if l.request_bytes_max == 0 || l.key_bytes_max == 0 || l.value_bytes_max == 0 || l.quota_bytes == 0 || l.request_timeout_ms == 0 {
+        return Err(bad("limits", "limits must be greater than zero"));
+    }
+    Ok(NodeConfig {
+        advertise_client_url: f.advertise_client_url.unwrap_or_else(|| format!("http://{}", f.client_addr)),
+        advertise_peer_addr: f.advertise_peer_addr.unwrap_or_else(|| f.peer_addr.to_string()),
+        name: f.name,
+        datacenter: f.datacenter,
+        data_dir: f.data_dir,
+        client_addr: f.client_addr,
+        peer_addr: f.peer_addr,
+        initial_members,
+        tls: TlsPaths { ca: f.tls.ca, cert: f.tls.cert, key: f.tls.key },
+        raft: RaftSettings {
+            heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
+            election_timeout_min: Duration::from_millis(r.election_timeout_min_ms),
+            election_timeout_max: Duration::from_millis(r.election_timeout_max_ms),
+            snapshot_logs: r.snapshot_logs,
+            purge_lag_logs: r.purge_lag_logs,
+            rpc_timeout: Duration::from_millis(r.rpc_timeout_ms),
+        },
+        limits: Limits {
+            request_bytes_max: l.request_bytes_max,
+            key_bytes_max: l.key_bytes_max,
+            value_bytes_max: l.value_bytes_max,
+            quota_bytes: l.quota_bytes,
+            request_timeout: Duration::from_millis(l.request_timeout_ms),
+        },
+    })
+}
