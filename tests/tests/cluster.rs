@@ -1,0 +1,94 @@
+//! A three-server datacenter of real processes: leader failover, crash
+//! durability of acknowledged writes, and catch-up by snapshot.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_a_new_one_and_the_old_leader_catches_up() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let (status, _) = put(c.url(follower), "before", "1").await.unwrap();
+    assert_eq!(status, 200, "a follower forwards writes to the leader");
+
+    c.kill(leader);
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let survivor = (0..3).find(|i| *i != leader).unwrap();
+    let mut acked = 0;
+    for i in 0..20 {
+        let (status, body) = put(c.url(survivor), &format!("after/{i}"), "v").await.unwrap();
+        assert_eq!(status, 200, "write {i} after failover: {body}");
+        acked += 1;
+    }
+    assert_eq!(acked, 20);
+
+    c.restart(leader).await;
+    // The restarted server catches up: a linearizable read through it sees every write.
+    for i in 0..20 {
+        assert_eq!(get(c.url(leader), &format!("after/{i}"), false).await.unwrap(), Some(b"v".to_vec()));
+    }
+    assert_eq!(get(c.url(leader), "before", false).await.unwrap(), Some(b"1".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_with_their_revisions() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let url = c.url(leader).to_string();
+    // A stream of writes; the leader is killed in the middle of it.
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..400 {
+            match put(&url, &format!("k/{i:04}"), &format!("v{i}")).await {
+                Ok((200, body)) => acked.push((i, body["header"]["revision"].as_str().unwrap_or("0").parse::<i64>().unwrap_or(0))),
+                _ => break,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    c.kill(leader);
+    let acked = writer.await.unwrap();
+    assert!(!acked.is_empty(), "some writes were acknowledged before the kill");
+    c.restart(leader).await;
+    c.wait_ready_all().await;
+    for server in 0..3 {
+        for (i, revision) in &acked {
+            let (status, v) = post(&format!("{}/v3/kv/range", c.url(server)), &json!({ "key": b64(format!("k/{i:04}").as_bytes()) })).await.unwrap();
+            assert_eq!(status, 200);
+            let kv = &v["kvs"][0];
+            assert_eq!(unb64(&kv["value"]), format!("v{i}").into_bytes(), "acknowledged write {i} lost on server {server}");
+            assert_eq!(kv["mod_revision"], json!(revision.to_string()), "revision of write {i} changed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_while_the_log_was_purged_catches_up_by_snapshot() {
+    let mut c = Cluster::start_with(3, RaftTuning { snapshot_logs: 50, purge_lag_logs: 5 }).await;
+    let leader = c.leader().await;
+    let lagging = (leader + 1) % 3;
+    c.kill(lagging);
+    for i in 0..300 {
+        let (status, _) = put(c.url(leader), &format!("s/{i}"), "x").await.unwrap();
+        assert_eq!(status, 200);
+    }
+    c.restart(lagging).await;
+    // Serializable reads on the lagging server read its own state.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if get(c.url(lagging), "s/299", true).await.unwrap().is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lagging server did not catch up; log:\n{}", c.log(lagging));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for i in 0..300 {
+        assert!(get(c.url(lagging), &format!("s/{i}"), true).await.unwrap().is_some(), "key s/{i} missing");
+    }
+    assert!(c.log(lagging).contains("snapshot installed"), "the lagging server caught up by snapshot");
+}

@@ -1,0 +1,234 @@
+//! Starting real Meridian servers (child processes of the `meridian` binary)
+//! on loopback with ephemeral ports, and talking to them over HTTP.
+#![allow(dead_code)]
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `meridian` binary built beside this test executable.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let bin = dir.join("meridian");
+    assert!(bin.exists(), "{} is missing: run the workspace tests (`cargo test --workspace`), which build it", bin.display());
+    bin
+}
+
+/// A free TCP port and a free UDP port on 127.0.0.1.
+pub fn free_ports() -> (u16, u16) {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port())
+}
+
+pub fn b64(s: &[u8]) -> String {
+    STANDARD.encode(s)
+}
+
+pub fn unb64(v: &Value) -> Vec<u8> {
+    v.as_str().and_then(|s| STANDARD.decode(s).ok()).unwrap_or_default()
+}
+
+/// One server of a test datacenter.
+pub struct Server {
+    pub name: String,
+    pub client_url: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A datacenter of servers running as child processes; killed on drop.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub servers: Vec<Server>,
+}
+
+/// Extra `[raft]` settings for a test cluster.
+#[derive(Clone, Copy)]
+pub struct RaftTuning {
+    pub snapshot_logs: u64,
+    pub purge_lag_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning { snapshot_logs: 10_000, purge_lag_logs: 1_000 }
+    }
+}
+
+impl Cluster {
+    pub async fn start(size: usize) -> Cluster {
+        Self::start_with(size, RaftTuning::default()).await
+    }
+
+    pub async fn start_with(size: usize, tuning: RaftTuning) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names: Vec<String> = (1..=size).map(|i| format!("n{i}")).collect();
+        let status = Command::new(binary())
+            .args(["tls", "init", "--dir"])
+            .arg(dir.path().join("tls"))
+            .arg("--names")
+            .arg(names.join(","))
+            .stdout(Stdio::null())
+            .status()
+            .expect("tls init");
+        assert!(status.success());
+        let ports: Vec<(u16, u16)> = names.iter().map(|_| free_ports()).collect();
+        let members: String = names
+            .iter()
+            .zip(&ports)
+            .map(|(n, (c, p))| format!("{n} = {{ peer = \"127.0.0.1:{p}\", client = \"http://127.0.0.1:{c}\" }}\n"))
+            .collect();
+        let mut servers = Vec::new();
+        for (name, (client, peer)) in names.iter().zip(&ports) {
+            let tls = dir.path().join("tls");
+            let config = format!(
+                "name = \"{name}\"\ndatacenter = \"test\"\ndata_dir = \"{data}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
+                 [initial_members]\n{members}\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+                 [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\nsnapshot_logs = {snap}\npurge_lag_logs = {lag}\nrpc_timeout_ms = 1000\n\
+                 [limits]\nrequest_timeout_ms = 4000\nvalue_bytes_max = 65536\n",
+                data = dir.path().join(name).display(),
+                ca = tls.join("ca.pem").display(),
+                cert = tls.join(format!("{name}.pem")).display(),
+                key = tls.join(format!("{name}-key.pem")).display(),
+                snap = tuning.snapshot_logs,
+                lag = tuning.purge_lag_logs,
+            );
+            let config_path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&config_path, config).expect("write config");
+            servers.push(Server {
+                name: name.clone(),
+                client_url: format!("http://127.0.0.1:{client}"),
+                config: config_path,
+                log: dir.path().join(format!("{name}.log")),
+                child: None,
+            });
+        }
+        let mut cluster = Cluster { dir, servers };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready_all().await;
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&s.log).expect("log file");
+        let child = Command::new(binary())
+            .arg("agent")
+            .arg("--config")
+            .arg(&s.config)
+            .env("RUST_LOG", "info,openraft=error,quinn=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        s.child = Some(child);
+    }
+
+    /// SIGKILLs server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again and waits until it is ready.
+    pub async fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    pub fn url(&self, i: usize) -> &str {
+        &self.servers[i].client_url
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.servers[i].log).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&self, i: usize) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/ready", self.url(i))).timeout(Duration::from_secs(5)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server {} not ready within 30s; log:\n{}", self.servers[i].name, self.log(i));
+    }
+
+    pub async fn wait_ready_all(&self) {
+        for i in 0..self.servers.len() {
+            self.wait_ready(i).await;
+        }
+    }
+
+    /// Index of the leader, as the live servers report it.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for i in 0..self.servers.len() {
+                if self.servers[i].child.is_none() {
+                    continue;
+                }
+                if let Ok(v) = get_json(&format!("{}/v1/status", self.url(i))).await {
+                    if v["is_leader"] == json!(true) {
+                        return i;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no leader within 30s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub async fn get_json(url: &str) -> Result<Value, String> {
+    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.map_err(|e| e.to_string())?;
+    r.json().await.map_err(|e| e.to_string())
+}
+
+/// POSTs JSON; returns (HTTP status, body).
+pub async fn post(url: &str, body: &Value) -> Result<(u16, Value), String> {
+    post_raw(url, body.to_string().into_bytes()).await
+}
+
+pub async fn post_raw(url: &str, body: Vec<u8>) -> Result<(u16, Value), String> {
+    let r = reqwest::Client::new().post(url).body(body).timeout(Duration::from_secs(10)).send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let text = r.text().await.map_err(|e| e.to_string())?;
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, v))
+}
+
+pub async fn put(base: &str, key: &str, value: &str) -> Result<(u16, Value), String> {
+    post(&format!("{base}/v3/kv/put"), &json!({ "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) })).await
+}
+
+/// Serializable or linearizable range of one key; returns the value if present.
+pub async fn get(base: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>, String> {
+    let (status, v) = post(&format!("{base}/v3/kv/range"), &json!({ "key": b64(key.as_bytes()), "serializable": serializable })).await?;
+    if status != 200 {
+        return Err(format!("HTTP {status}: {v}"));
+    }
+    Ok(v["kvs"].as_array().and_then(|a| a.first()).map(|kv| unb64(&kv["value"])))
+}
