@@ -96,10 +96,12 @@ impl Endpoint {
 
     /// The bound address (useful when binding port 0).
     pub fn local_addr(&self) -> Result<SocketAddr, GatewayError> {
-        self.inner.local_addr().map_err(|e| GatewayError::Transport {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            reason: e.to_string(),
-        })
+        self.inner
+            .local_addr()
+            .map_err(|e| GatewayError::Transport {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                reason: e.to_string(),
+            })
     }
 
     /// Installs the handler for an ALPN protocol; requests that arrive before
@@ -133,7 +135,10 @@ impl Endpoint {
             Ok(result) => result,
             Err(_) => {
                 self.forget(addr, alpn);
-                Err(GatewayError::Timeout { addr, timeout_ms: timeout.as_millis() as u64 })
+                Err(GatewayError::Timeout {
+                    addr,
+                    timeout_ms: timeout.as_millis() as u64,
+                })
             }
         }
     }
@@ -160,19 +165,35 @@ impl Endpoint {
         request: &[u8],
     ) -> Result<Vec<u8>, GatewayError> {
         let conn = self.connection(addr, server_name, alpn).await?;
-        let transport = |e: &dyn std::fmt::Display| GatewayError::Transport { addr, reason: e.to_string() };
+        let transport = |e: &dyn std::fmt::Display| GatewayError::Transport {
+            addr,
+            reason: e.to_string(),
+        };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(&e))?;
-        write_frame(&mut send, request).await.map_err(|e| transport(&e))?;
+        write_frame(&mut send, request)
+            .await
+            .map_err(|e| transport(&e))?;
         send.finish().map_err(|e| transport(&e))?;
-        let response = read_frame(&mut recv).await.map_err(|e| e.into_gateway(addr))?;
+        let response = read_frame(&mut recv)
+            .await
+            .map_err(|e| e.into_gateway(addr))?;
         match response.split_first() {
             Some((&STATUS_OK, body)) => Ok(body.to_vec()),
-            Some((&STATUS_ERR, body)) => Err(GatewayError::Remote(String::from_utf8_lossy(body).into_owned())),
-            _ => Err(GatewayError::Codec("response without status byte".to_string())),
+            Some((&STATUS_ERR, body)) => Err(GatewayError::Remote(
+                String::from_utf8_lossy(body).into_owned(),
+            )),
+            _ => Err(GatewayError::Codec(
+                "response without status byte".to_string(),
+            )),
         }
     }
 
-    async fn connection(&self, addr: SocketAddr, server_name: &str, alpn: &[u8]) -> Result<quinn::Connection, GatewayError> {
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        alpn: &[u8],
+    ) -> Result<quinn::Connection, GatewayError> {
         let key = (addr, alpn.to_vec());
         if let Ok(conns) = self.shared.conns.lock() {
             if let Some(conn) = conns.get(&key) {
@@ -186,7 +207,12 @@ impl Endpoint {
             .client_configs
             .get(alpn)
             .cloned()
-            .ok_or_else(|| GatewayError::TlsConfig(format!("ALPN {} not configured", String::from_utf8_lossy(alpn))))?;
+            .ok_or_else(|| {
+                GatewayError::TlsConfig(format!(
+                    "ALPN {} not configured",
+                    String::from_utf8_lossy(alpn)
+                ))
+            })?;
         let connect_error = |reason: String| GatewayError::Connect { addr, reason };
         let connecting = self
             .inner
@@ -254,7 +280,11 @@ async fn serve_connection(conn: quinn::Connection, alpn: Vec<u8>, shared: Arc<Sh
                 Ok(request) => request,
                 Err(_) => return,
             };
-            let handler = shared.handlers.read().ok().and_then(|h| h.get(&alpn).cloned());
+            let handler = shared
+                .handlers
+                .read()
+                .ok()
+                .and_then(|h| h.get(&alpn).cloned());
             let result = match handler {
                 Some(handler) => handler(request).await,
                 None => Err("server not ready for this protocol".to_string()),
@@ -286,7 +316,13 @@ mod tests {
 
     fn endpoint(dir: &std::path::Path, name: &str) -> Endpoint {
         let material = TlsMaterial::load(&TlsPaths::in_dir(dir, name)).unwrap();
-        Endpoint::bind("127.0.0.1:0".parse().unwrap(), &material, &[crate::ALPN_PEER], EndpointOptions::default()).unwrap()
+        Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &material,
+            &[crate::ALPN_PEER],
+            EndpointOptions::default(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -295,12 +331,24 @@ mod tests {
         generate(dir.path(), &["a".into(), "b".into()]).unwrap();
         let a = endpoint(dir.path(), "a");
         let b = endpoint(dir.path(), "b");
-        b.register(crate::ALPN_PEER, Arc::new(|req: Vec<u8>| Box::pin(async move {
-            if req == b"fail" { Err("refused".to_string()) } else { Ok([b"echo:".as_slice(), &req].concat()) }
-        })));
+        b.register(
+            crate::ALPN_PEER,
+            Arc::new(|req: Vec<u8>| {
+                Box::pin(async move {
+                    if req == b"fail" {
+                        Err("refused".to_string())
+                    } else {
+                        Ok([b"echo:".as_slice(), &req].concat())
+                    }
+                })
+            }),
+        );
         let addr = b.local_addr().unwrap();
         let t = Duration::from_secs(5);
-        assert_eq!(a.call(addr, "b", crate::ALPN_PEER, b"hi", t).await.unwrap(), b"echo:hi");
+        assert_eq!(
+            a.call(addr, "b", crate::ALPN_PEER, b"hi", t).await.unwrap(),
+            b"echo:hi"
+        );
         assert!(a.rtt(addr, crate::ALPN_PEER).is_some());
         match a.call(addr, "b", crate::ALPN_PEER, b"fail", t).await {
             Err(GatewayError::Remote(text)) => assert_eq!(text, "refused"),
@@ -312,14 +360,30 @@ mod tests {
         let material = TlsMaterial::load(&TlsPaths::in_dir(dir.path(), "b")).unwrap();
         let mut b2 = None;
         for _ in 0..100 {
-            match Endpoint::bind(addr, &material, &[crate::ALPN_PEER], EndpointOptions::default()) {
-                Ok(e) => { b2 = Some(e); break; }
+            match Endpoint::bind(
+                addr,
+                &material,
+                &[crate::ALPN_PEER],
+                EndpointOptions::default(),
+            ) {
+                Ok(e) => {
+                    b2 = Some(e);
+                    break;
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
         let b2 = b2.expect("port released after shutdown");
-        b2.register(crate::ALPN_PEER, Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })));
-        assert_eq!(a.call(addr, "b", crate::ALPN_PEER, b"again", t).await.unwrap(), b"again");
+        b2.register(
+            crate::ALPN_PEER,
+            Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })),
+        );
+        assert_eq!(
+            a.call(addr, "b", crate::ALPN_PEER, b"again", t)
+                .await
+                .unwrap(),
+            b"again"
+        );
     }
 
     #[tokio::test]
@@ -329,9 +393,20 @@ mod tests {
         generate(ours.path(), &["a".into()]).unwrap();
         generate(theirs.path(), &["x".into()]).unwrap();
         let a = endpoint(ours.path(), "a");
-        a.register(crate::ALPN_PEER, Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })));
+        a.register(
+            crate::ALPN_PEER,
+            Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })),
+        );
         let x = endpoint(theirs.path(), "x");
-        let result = x.call(a.local_addr().unwrap(), "a", crate::ALPN_PEER, b"hi", Duration::from_secs(2)).await;
+        let result = x
+            .call(
+                a.local_addr().unwrap(),
+                "a",
+                crate::ALPN_PEER,
+                b"hi",
+                Duration::from_secs(2),
+            )
+            .await;
         assert!(result.is_err());
     }
 }

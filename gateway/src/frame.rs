@@ -18,7 +18,9 @@ pub(crate) async fn write_frame<W: AsyncWriteExt + Unpin>(
             format!("frame of {} bytes exceeds the limit", payload.len()),
         ));
     }
-    writer.write_all(&(payload.len() as u32).to_be_bytes()).await?;
+    writer
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .await?;
     writer.write_all(payload).await
 }
 
@@ -47,8 +49,14 @@ pub(crate) enum FrameError {
 impl FrameError {
     pub(crate) fn into_gateway(self, addr: std::net::SocketAddr) -> GatewayError {
         match self {
-            FrameError::Io(e) => GatewayError::Transport { addr, reason: e.to_string() },
-            FrameError::TooLarge(bytes) => GatewayError::FrameTooLarge { bytes, limit: FRAME_BYTES_MAX },
+            FrameError::Io(e) => GatewayError::Transport {
+                addr,
+                reason: e.to_string(),
+            },
+            FrameError::TooLarge(bytes) => GatewayError::FrameTooLarge {
+                bytes,
+                limit: FRAME_BYTES_MAX,
+            },
         }
     }
 }
@@ -66,7 +74,10 @@ mod tests {
 
         let oversize = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
         let mut rd = &oversize[..];
-        assert!(matches!(read_frame(&mut rd).await, Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut rd).await,
+            Err(FrameError::TooLarge(_))
+        ));
 
         let truncated = [0u8, 0, 0, 9, 1, 2];
         let mut rd = &truncated[..];

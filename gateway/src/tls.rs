@@ -39,15 +39,20 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<(), GatewayError> {
         reason: e.to_string(),
     })?;
     let ca_key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| fail(e.to_string()))?;
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| fail(e.to_string()))?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Meridian CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Meridian CA");
     ca_params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| fail(e.to_string()))?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(|e| fail(e.to_string()))?;
     write_file(&dir.join("ca.pem"), ca_cert.pem().as_bytes())?;
     write_file(&dir.join("ca-key.pem"), ca_key.serialize_pem().as_bytes())?;
     for name in names {
@@ -55,14 +60,23 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<(), GatewayError> {
             return Err(fail(format!("invalid server name {name:?}")));
         }
         let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
-        let sans = vec![name.clone(), "localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let sans = vec![
+            name.clone(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         let mut params = rcgen::CertificateParams::new(sans).map_err(|e| fail(e.to_string()))?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, name.clone());
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name.clone());
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(|e| fail(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &ca_cert, &ca_key)
+            .map_err(|e| fail(e.to_string()))?;
         let paths = TlsPaths::in_dir(dir, name);
         write_file(&paths.cert, cert.pem().as_bytes())?;
         write_file(&paths.key, key.serialize_pem().as_bytes())?;
@@ -103,7 +117,9 @@ impl TlsMaterial {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&ca_pem) {
             let cert = cert.map_err(|e| bad(&paths.ca, &e.to_string()))?;
-            roots.add(cert).map_err(|e| bad(&paths.ca, &e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(&paths.ca, &e.to_string()))?;
         }
         if roots.is_empty() {
             return Err(bad(&paths.ca, "no certificate found"));
@@ -116,8 +132,13 @@ impl TlsMaterial {
             return Err(bad(&paths.cert, "no certificate found"));
         }
         let key_pem = read_file(&paths.key)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(&paths.key, &e.to_string()))?;
-        Ok(TlsMaterial { roots: Arc::new(roots), chain, key })
+        let key =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(&paths.key, &e.to_string()))?;
+        Ok(TlsMaterial {
+            roots: Arc::new(roots),
+            chain,
+            key,
+        })
     }
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -125,10 +146,16 @@ impl TlsMaterial {
     }
 
     /// A server configuration that requires a client certificate signed by the CA.
-    pub(crate) fn server_config(&self, alpns: &[&[u8]]) -> Result<rustls::ServerConfig, GatewayError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), Self::provider())
-            .build()
-            .map_err(|e| GatewayError::TlsConfig(e.to_string()))?;
+    pub(crate) fn server_config(
+        &self,
+        alpns: &[&[u8]],
+    ) -> Result<rustls::ServerConfig, GatewayError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            Self::provider(),
+        )
+        .build()
+        .map_err(|e| GatewayError::TlsConfig(e.to_string()))?;
         let mut config = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| GatewayError::TlsConfig(e.to_string()))?

@@ -1,6 +1,9 @@
 //! The server's Prometheus metrics (names prefixed `meridian_`, units in the name).
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 
 /// Every metric the node exports.
 pub struct Metrics {
@@ -86,35 +89,93 @@ impl Metrics {
         )?;
         build.set(1);
         registry.register(Box::new(build))?;
-        let api_requests = IntCounterVec::new(Opts::new("meridian_api_requests_total", "Client API requests by route and HTTP status."), &["route", "code"])?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "meridian_api_requests_total",
+                "Client API requests by route and HTTP status.",
+            ),
+            &["route", "code"],
+        )?;
         registry.register(Box::new(api_requests.clone()))?;
-        let api_duration = HistogramVec::new(secs("meridian_api_request_duration_seconds", "Client API request latency by route.", fast_buckets()), &["route"])?;
+        let api_duration = HistogramVec::new(
+            secs(
+                "meridian_api_request_duration_seconds",
+                "Client API request latency by route.",
+                fast_buckets(),
+            ),
+            &["route"],
+        )?;
         registry.register(Box::new(api_duration.clone()))?;
         let snapshot_duration = HistogramVec::new(
-            secs("meridian_snapshot_duration_seconds", "Raft snapshot build and install time.", prometheus::exponential_buckets(0.001, 2.0, 16)?),
+            secs(
+                "meridian_snapshot_duration_seconds",
+                "Raft snapshot build and install time.",
+                prometheus::exponential_buckets(0.001, 2.0, 16)?,
+            ),
             &["kind"],
         )?;
         registry.register(Box::new(snapshot_duration.clone()))?;
         Ok(Metrics {
             has_leader: g("meridian_has_leader", "1 when this server knows a leader.")?,
             is_leader: g("meridian_is_leader", "1 when this server is the leader.")?,
-            leader_changes: c("meridian_leader_changes_total", "Leader changes seen by this server.")?,
+            leader_changes: c(
+                "meridian_leader_changes_total",
+                "Leader changes seen by this server.",
+            )?,
             term: g("meridian_raft_term", "Current Raft term.")?,
-            commit_index: g("meridian_raft_commit_index", "Highest Raft log index known committed.")?,
-            applied_index: g("meridian_raft_applied_index", "Highest Raft log index applied to the state machine.")?,
+            commit_index: g(
+                "meridian_raft_commit_index",
+                "Highest Raft log index known committed.",
+            )?,
+            applied_index: g(
+                "meridian_raft_applied_index",
+                "Highest Raft log index applied to the state machine.",
+            )?,
             last_log_index: g("meridian_raft_last_log_index", "Last Raft log index.")?,
-            proposals_committed: c("meridian_proposals_committed_total", "Proposals committed and applied.")?,
-            proposals_failed: c("meridian_proposals_failed_total", "Proposals that failed (no leader, timeout, shutdown).")?,
-            proposals_pending: g("meridian_proposals_pending", "Proposals waiting for commit.")?,
-            proposal_duration: h(secs("meridian_proposal_duration_seconds", "Time from proposal to applied answer.", fast_buckets()))?,
-            fsync_duration: h(secs("meridian_fsync_duration_seconds", "Durable commit time of the Raft log.", fast_buckets()))?,
-            db_size: g("meridian_db_size_bytes", "Bytes of the state database in use.")?,
+            proposals_committed: c(
+                "meridian_proposals_committed_total",
+                "Proposals committed and applied.",
+            )?,
+            proposals_failed: c(
+                "meridian_proposals_failed_total",
+                "Proposals that failed (no leader, timeout, shutdown).",
+            )?,
+            proposals_pending: g(
+                "meridian_proposals_pending",
+                "Proposals waiting for commit.",
+            )?,
+            proposal_duration: h(secs(
+                "meridian_proposal_duration_seconds",
+                "Time from proposal to applied answer.",
+                fast_buckets(),
+            ))?,
+            fsync_duration: h(secs(
+                "meridian_fsync_duration_seconds",
+                "Durable commit time of the Raft log.",
+                fast_buckets(),
+            ))?,
+            db_size: g(
+                "meridian_db_size_bytes",
+                "Bytes of the state database in use.",
+            )?,
             db_quota: g("meridian_db_quota_bytes", "Database quota in bytes.")?,
             keys: g("meridian_keys", "Live keys.")?,
-            revision: g("meridian_revision", "Current revision of the key-value store.")?,
-            compacted_revision: g("meridian_compacted_revision", "Compacted revision of the key-value store.")?,
-            nospace_alarm: g("meridian_nospace_alarm", "1 while the NOSPACE alarm blocks puts.")?,
-            forwarded_writes: c("meridian_forwarded_writes_total", "Writes forwarded from this follower to the leader.")?,
+            revision: g(
+                "meridian_revision",
+                "Current revision of the key-value store.",
+            )?,
+            compacted_revision: g(
+                "meridian_compacted_revision",
+                "Compacted revision of the key-value store.",
+            )?,
+            nospace_alarm: g(
+                "meridian_nospace_alarm",
+                "1 while the NOSPACE alarm blocks puts.",
+            )?,
+            forwarded_writes: c(
+                "meridian_forwarded_writes_total",
+                "Writes forwarded from this follower to the leader.",
+            )?,
             api_requests,
             api_duration,
             snapshot_duration,

@@ -6,7 +6,9 @@ use crate::config::NodeConfig;
 use crate::kv::*;
 use crate::metrics::Metrics;
 use crate::raft::network::ForwardError;
-use crate::raft::{self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, Raft, StateMachine};
+use crate::raft::{
+    self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, Raft, StateMachine,
+};
 use crate::store::{self, EnvKind};
 use meridian_gateway::tls::TlsMaterial;
 use meridian_gateway::{Endpoint, EndpointOptions, GatewayError, ALPN_PEER};
@@ -150,9 +152,17 @@ impl raft::ApplyObserver for Observer {
         self.metrics.applied_index.set(last.index as i64);
         self.metrics.revision.set(revision);
     }
-    fn snapshot(&self, installed: bool, meta: &openraft::SnapshotMeta<u64, Member>, duration: Duration) {
+    fn snapshot(
+        &self,
+        installed: bool,
+        meta: &openraft::SnapshotMeta<u64, Member>,
+        duration: Duration,
+    ) {
         let kind = if installed { "install" } else { "build" };
-        self.metrics.snapshot_duration.with_label_values(&[kind]).observe(duration.as_secs_f64());
+        self.metrics
+            .snapshot_duration
+            .with_label_values(&[kind])
+            .observe(duration.as_secs_f64());
         tracing::info!(server = %self.name, kind, last_log_id = ?meta.last_log_id, ms = duration.as_millis() as u64, "snapshot {}", if installed { "installed" } else { "built" });
     }
 }
@@ -164,19 +174,32 @@ impl Node {
         let id = raft::member_id(&config.name);
         let names: Vec<String> = config.initial_members.keys().cloned().collect();
         let cluster_id = raft::cluster_id(&config.datacenter, &names);
-        let metrics = Arc::new(Metrics::new(&config.datacenter, &config.name).map_err(|e| NodeError::Storage(e.to_string()))?);
+        let metrics = Arc::new(
+            Metrics::new(&config.datacenter, &config.name)
+                .map_err(|e| NodeError::Storage(e.to_string()))?,
+        );
         metrics.db_quota.set(config.limits.quota_bytes as i64);
 
         let storage = |e: heed::Error| NodeError::Storage(e.to_string());
-        let raft_env = store::open_env(&config.data_dir.join("raft"), EnvKind::Raft).map_err(storage)?;
-        let state_env = store::open_env(&config.data_dir.join("state"), EnvKind::State).map_err(storage)?;
-        let log_store = LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
+        let raft_env =
+            store::open_env(&config.data_dir.join("raft"), EnvKind::Raft).map_err(storage)?;
+        let state_env =
+            store::open_env(&config.data_dir.join("state"), EnvKind::State).map_err(storage)?;
+        let log_store =
+            LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
         let kv = KvStore::open(state_env)?;
-        let observer = Arc::new(Observer { metrics: metrics.clone(), name: config.name.clone() });
-        let state_machine = StateMachine::new(kv, config.data_dir.join("snapshots"), observer).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let observer = Arc::new(Observer {
+            metrics: metrics.clone(),
+            name: config.name.clone(),
+        });
+        let state_machine = StateMachine::new(kv, config.data_dir.join("snapshots"), observer)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let material = TlsMaterial::load(&config.tls)?;
-        let options = EndpointOptions { connect_timeout: config.raft.rpc_timeout, ..EndpointOptions::default() };
+        let options = EndpointOptions {
+            connect_timeout: config.raft.rpc_timeout,
+            ..EndpointOptions::default()
+        };
         let endpoint = Endpoint::bind(config.peer_addr, &material, &[ALPN_PEER], options)?;
         let network = PeerNetwork::new(endpoint.clone());
 
@@ -194,9 +217,15 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(raft_config), network.clone(), log_store, state_machine)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            network.clone(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let node = Node {
             inner: Arc::new(Inner {
@@ -227,10 +256,18 @@ impl Node {
 
     async fn bootstrap_once(&self) -> Result<(), NodeError> {
         let inner = &self.inner;
-        if !inner.config.initial_members.contains_key(&inner.config.name) {
+        if !inner
+            .config
+            .initial_members
+            .contains_key(&inner.config.name)
+        {
             return Ok(());
         }
-        let initialized = inner.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        let initialized = inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
         if initialized {
             return Ok(());
         }
@@ -239,8 +276,19 @@ impl Node {
             .initial_members
             .iter()
             .map(|(name, m)| {
-                let client_url = if *name == inner.config.name { inner.config.advertise_client_url.clone() } else { m.client_url.clone() };
-                (raft::member_id(name), Member { name: name.clone(), peer_addr: m.peer_addr.clone(), client_url })
+                let client_url = if *name == inner.config.name {
+                    inner.config.advertise_client_url.clone()
+                } else {
+                    m.client_url.clone()
+                };
+                (
+                    raft::member_id(name),
+                    Member {
+                        name: name.clone(),
+                        peer_addr: m.peer_addr.clone(),
+                        client_url,
+                    },
+                )
             })
             .collect();
         match inner.raft.initialize(members).await {
@@ -314,7 +362,9 @@ impl Node {
         loop {
             let leader = match inner.raft.client_write(command.clone()).await {
                 Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id.zip(f.leader_node),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    f.leader_id.zip(f.leader_node)
+                }
                 Err(RaftError::APIError(e)) => return Err(NodeError::Raft(e.to_string())),
                 Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
             };
@@ -322,7 +372,11 @@ impl Node {
                 if leader_id != inner.id {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     inner.metrics.forwarded_writes.inc();
-                    match inner.network.send(&member, &PeerRequest::Write(command.clone()), remaining).await {
+                    match inner
+                        .network
+                        .send(&member, &PeerRequest::Write(command.clone()), remaining)
+                        .await
+                    {
                         Ok(PeerResponse::Write(Ok(applied))) => return Ok(applied),
                         Ok(PeerResponse::Write(Err(ForwardError::NotLeader { .. }))) => {}
                         Ok(PeerResponse::Write(Err(ForwardError::Unavailable(_)))) => {}
@@ -349,16 +403,27 @@ impl Node {
         loop {
             let leader = match inner.raft.ensure_linearizable().await {
                 Ok(_) => return Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f.leader_id.zip(f.leader_node),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    f.leader_id.zip(f.leader_node)
+                }
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
                 Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
             };
             if let Some((leader_id, member)) = leader {
                 if leader_id != inner.id {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    if let Ok(PeerResponse::ReadIndex(Ok(index))) = inner.network.send(&member, &PeerRequest::ReadIndex, remaining).await {
+                    if let Ok(PeerResponse::ReadIndex(Ok(index))) = inner
+                        .network
+                        .send(&member, &PeerRequest::ReadIndex, remaining)
+                        .await
+                    {
                         let remaining = deadline.saturating_duration_since(Instant::now());
-                        return match inner.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "read index").await {
+                        return match inner
+                            .raft
+                            .wait(Some(remaining))
+                            .applied_index_at_least(Some(index), "read index")
+                            .await
+                        {
                             Ok(_) => Ok(()),
                             Err(_) => Err(NodeError::Timeout),
                         };
@@ -378,7 +443,10 @@ impl Node {
             self.read_barrier().await?;
         }
         let store = self.inner.store;
-        let rtxn = store.env().read_txn().map_err(|e| NodeError::Storage(e.to_string()))?;
+        let rtxn = store
+            .env()
+            .read_txn()
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
         let revision = store.revision(&rtxn)?;
         let response = store.range(&rtxn, &req)?;
         Ok((self.header(revision), response))
@@ -393,7 +461,10 @@ impl Node {
     }
 
     /// etcd's delete_range.
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<(Header, DeleteRangeResponse), NodeError> {
+    pub async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<(Header, DeleteRangeResponse), NodeError> {
         match self.write(Command::DeleteRange(req)).await? {
             (h, Outcome::DeleteRange(r)) => Ok((h, r)),
             _ => Err(NodeError::Raft("unexpected outcome".into())),
@@ -438,10 +509,18 @@ impl Node {
     pub fn status(&self) -> Result<Status, NodeError> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let store = self.inner.store;
-        let rtxn = store.env().read_txn().map_err(|e| NodeError::Storage(e.to_string()))?;
+        let rtxn = store
+            .env()
+            .read_txn()
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
         let revision = store.revision(&rtxn)?;
         Ok(Status {
-            header: Header { cluster_id: self.inner.cluster_id, member_id: self.inner.id, revision, raft_term: metrics.current_term },
+            header: Header {
+                cluster_id: self.inner.cluster_id,
+                member_id: self.inner.id,
+                revision,
+                raft_term: metrics.current_term,
+            },
             version: env!("CARGO_PKG_VERSION").to_string(),
             datacenter: self.inner.config.datacenter.clone(),
             name: self.inner.config.name.clone(),
@@ -449,7 +528,11 @@ impl Node {
             leader: metrics.current_leader.unwrap_or(0),
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            alarms: if self.inner.nospace.load(Ordering::Relaxed) { vec!["NOSPACE".to_string()] } else { Vec::new() },
+            alarms: if self.inner.nospace.load(Ordering::Relaxed) {
+                vec!["NOSPACE".to_string()]
+            } else {
+                Vec::new()
+            },
             keys: store.key_count(&rtxn)?,
             compacted_revision: store.compacted_revision(&rtxn)?,
         })
@@ -458,7 +541,8 @@ impl Node {
     /// Whether the server has a leader and has applied everything the leader
     /// had committed when asked (a linearizable barrier that succeeds).
     pub async fn ready(&self) -> bool {
-        self.inner.raft.metrics().borrow().current_leader.is_some() && self.read_barrier().await.is_ok()
+        self.inner.raft.metrics().borrow().current_leader.is_some()
+            && self.read_barrier().await.is_ok()
     }
 
     fn quota_exceeded(&self) -> bool {
@@ -480,7 +564,11 @@ impl Node {
         let m = &self.inner.metrics;
         m.db_size.set(store::used_bytes(store.env()) as i64);
         if let Ok(rtxn) = store.env().read_txn() {
-            if let (Ok(rev), Ok(compacted), Ok(keys)) = (store.revision(&rtxn), store.compacted_revision(&rtxn), store.key_count(&rtxn)) {
+            if let (Ok(rev), Ok(compacted), Ok(keys)) = (
+                store.revision(&rtxn),
+                store.compacted_revision(&rtxn),
+                store.key_count(&rtxn),
+            ) {
                 m.revision.set(rev);
                 m.compacted_revision.set(compacted);
                 m.keys.set(keys);
@@ -489,23 +577,34 @@ impl Node {
     }
 
     async fn serve_peer(&self, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-        let request: PeerRequest = postcard::from_bytes(&bytes).map_err(|e| format!("bad peer request: {e}"))?;
+        let request: PeerRequest =
+            postcard::from_bytes(&bytes).map_err(|e| format!("bad peer request: {e}"))?;
         let raft = &self.inner.raft;
         let response = match request {
-            PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+            PeerRequest::AppendEntries(r) => {
+                PeerResponse::AppendEntries(raft.append_entries(r).await)
+            }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-            PeerRequest::InstallSnapshot(r) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
-            PeerRequest::Write(command) => PeerResponse::Write(match raft.client_write(command).await {
-                Ok(r) => Ok(r.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
-                }
-                Err(e) => Err(ForwardError::Unavailable(e.to_string())),
-            }),
+            PeerRequest::InstallSnapshot(r) => {
+                PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
+            }
+            PeerRequest::Write(command) => {
+                PeerResponse::Write(match raft.client_write(command).await {
+                    Ok(r) => Ok(r.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        Err(ForwardError::NotLeader {
+                            leader: f.leader_id.zip(f.leader_node),
+                        })
+                    }
+                    Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+                })
+            }
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(match raft.get_read_log_id().await {
                 Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+                    Err(ForwardError::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node),
+                    })
                 }
                 Err(e) => Err(ForwardError::Unavailable(e.to_string())),
             }),
@@ -533,23 +632,33 @@ async fn watch_raft_metrics(node: Node) {
         let metrics = &node.inner.metrics;
         metrics.term.set(m.current_term as i64);
         metrics.has_leader.set(m.current_leader.is_some() as i64);
-        metrics.is_leader.set((m.state == ServerState::Leader) as i64);
-        metrics.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-        metrics.applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
+        metrics
+            .is_leader
+            .set((m.state == ServerState::Leader) as i64);
+        metrics
+            .last_log_index
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        metrics
+            .applied_index
+            .set(m.last_applied.map_or(0, |l| l.index) as i64);
         if m.current_leader != last_leader {
             if m.current_leader.is_some() {
                 metrics.leader_changes.inc();
             }
             let name = &node.inner.config.name;
             match m.current_leader {
-                Some(id) if id == node.inner.id => tracing::info!(server = %name, term = m.current_term, "became leader"),
-                Some(id) => tracing::info!(server = %name, term = m.current_term, leader = id, "leader elected"),
+                Some(id) if id == node.inner.id => {
+                    tracing::info!(server = %name, term = m.current_term, "became leader")
+                }
+                Some(id) => {
+                    tracing::info!(server = %name, term = m.current_term, leader = id, "leader elected")
+                }
                 None => tracing::warn!(server = %name, term = m.current_term, "lost leader"),
             }
             last_leader = m.current_leader;
         }
         ticks = ticks.wrapping_add(1);
-        if ticks % 4 == 0 || changed.is_err() {
+        if ticks.is_multiple_of(4) || changed.is_err() {
             node.refresh_store_metrics();
         }
     }

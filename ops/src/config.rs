@@ -35,7 +35,10 @@ struct FileConfig {
 #[serde(untagged)]
 enum MemberSpec {
     Peer(String),
-    Full { peer: String, client: Option<String> },
+    Full {
+        peer: String,
+        client: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,10 +104,17 @@ pub fn load(path: &Path) -> Result<NodeConfig> {
     }
     let raw = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(config::Environment::with_prefix("MERIDIAN").prefix_separator("_").separator("__").try_parsing(true))
+        .add_source(
+            config::Environment::with_prefix("MERIDIAN")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        )
         .build()
         .with_context(|| format!("config file {}", path.display()))?;
-    let file: FileConfig = raw.try_deserialize().map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    let file: FileConfig = raw
+        .try_deserialize()
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     validate(file)
 }
 
@@ -117,7 +127,10 @@ fn validate(f: FileConfig) -> Result<NodeConfig> {
         return Err(bad("datacenter", "must not be empty"));
     }
     if !f.initial_members.contains_key(&f.name) {
-        return Err(bad("initial_members", "must include this server's own name"));
+        return Err(bad(
+            "initial_members",
+            "must include this server's own name",
+        ));
     }
     let mut initial_members = BTreeMap::new();
     for (name, spec) in f.initial_members {
@@ -126,34 +139,62 @@ fn validate(f: FileConfig) -> Result<NodeConfig> {
             MemberSpec::Full { peer, client } => (peer, client),
         };
         if peer.parse::<SocketAddr>().is_err() && !peer.contains(':') {
-            return Err(bad(&format!("initial_members.{name}"), "peer address must be host:port"));
+            return Err(bad(
+                &format!("initial_members.{name}"),
+                "peer address must be host:port",
+            ));
         }
-        initial_members.insert(name, InitialMember { peer_addr: peer, client_url: client.unwrap_or_default() });
+        initial_members.insert(
+            name,
+            InitialMember {
+                peer_addr: peer,
+                client_url: client.unwrap_or_default(),
+            },
+        );
     }
     let r = f.raft;
     if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
-        return Err(bad("raft.election_timeout_min_ms", "must be greater than raft.heartbeat_interval_ms"));
+        return Err(bad(
+            "raft.election_timeout_min_ms",
+            "must be greater than raft.heartbeat_interval_ms",
+        ));
     }
     if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-        return Err(bad("raft.election_timeout_max_ms", "must be greater than raft.election_timeout_min_ms"));
+        return Err(bad(
+            "raft.election_timeout_max_ms",
+            "must be greater than raft.election_timeout_min_ms",
+        ));
     }
     if r.snapshot_logs == 0 {
         return Err(bad("raft.snapshot_logs", "must be at least 1"));
     }
     let l = f.limits;
-    if l.request_bytes_max == 0 || l.key_bytes_max == 0 || l.value_bytes_max == 0 || l.quota_bytes == 0 || l.request_timeout_ms == 0 {
+    if l.request_bytes_max == 0
+        || l.key_bytes_max == 0
+        || l.value_bytes_max == 0
+        || l.quota_bytes == 0
+        || l.request_timeout_ms == 0
+    {
         return Err(bad("limits", "limits must be greater than zero"));
     }
     Ok(NodeConfig {
-        advertise_client_url: f.advertise_client_url.unwrap_or_else(|| format!("http://{}", f.client_addr)),
-        advertise_peer_addr: f.advertise_peer_addr.unwrap_or_else(|| f.peer_addr.to_string()),
+        advertise_client_url: f
+            .advertise_client_url
+            .unwrap_or_else(|| format!("http://{}", f.client_addr)),
+        advertise_peer_addr: f
+            .advertise_peer_addr
+            .unwrap_or_else(|| f.peer_addr.to_string()),
         name: f.name,
         datacenter: f.datacenter,
         data_dir: f.data_dir,
         client_addr: f.client_addr,
         peer_addr: f.peer_addr,
         initial_members,
-        tls: TlsPaths { ca: f.tls.ca, cert: f.tls.cert, key: f.tls.key },
+        tls: TlsPaths {
+            ca: f.tls.ca,
+            cert: f.tls.cert,
+            key: f.tls.key,
+        },
         raft: RaftSettings {
             heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
             election_timeout_min: Duration::from_millis(r.election_timeout_min_ms),

@@ -16,7 +16,9 @@ pub async fn start(config: NodeConfig) -> Result<Running> {
         .await
         .with_context(|| format!("cannot listen for clients on {}", config.client_addr))?;
     let name = config.name.clone();
-    let node = Node::start(config).await.with_context(|| format!("server {name} failed to start"))?;
+    let node = Node::start(config)
+        .await
+        .with_context(|| format!("server {name} failed to start"))?;
     let app = meridian_node::api::router(node.clone());
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -15,7 +15,8 @@ fn free_base_port() -> u16 {
         let base = 20000 + (seed.wrapping_mul(31).wrapping_add(attempt * 97)) % 30000;
         let free = (0..3).all(|i| {
             let p = base + 10 * i;
-            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
         });
         if free {
             return base;
@@ -27,27 +28,39 @@ fn free_base_port() -> u16 {
 #[test]
 fn dev_runs_a_datacenter_that_answers_put_and_get() {
     let base = free_base_port();
-    let mut child = meridian()
-        .args(["dev", "--base-port", &base.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn dev");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(
+        meridian()
+            .args(["dev", "--base-port", &base.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dev"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut urls = Vec::new();
     for _ in 0..3 {
         let line = lines.next().expect("a server line").expect("utf-8");
         assert!(line.starts_with("dc=dc1 name=n"), "{line}");
-        urls.push(line.split("client=").nth(1).expect("client url").to_string());
+        urls.push(
+            line.split("client=")
+                .nth(1)
+                .expect("client url")
+                .to_string(),
+        );
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let client = reqwest::Client::new();
         let mut ok = false;
         for _ in 0..100 {
-            if let Ok(r) = client.put(format!("{}/v1/kv/greeting", urls[0])).body("hello").send().await {
+            if let Ok(r) = client
+                .put(format!("{}/v1/kv/greeting", urls[0]))
+                .body("hello")
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     ok = true;
                     break;
@@ -56,26 +69,43 @@ fn dev_runs_a_datacenter_that_answers_put_and_get() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(ok, "put through the dev datacenter");
-        let got = client.get(format!("{}/v1/kv/greeting", urls[2])).send().await.unwrap().text().await.unwrap();
+        let got = client
+            .get(format!("{}/v1/kv/greeting", urls[2]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert_eq!(got, "hello");
         // The CLI talks to the same servers.
-        let out = meridian().args(["kv", "get", "greeting", "--endpoints", &urls[1]]).output().unwrap();
+        let out = meridian()
+            .args(["kv", "get", "greeting", "--endpoints", &urls[1]])
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "greeting\nhello\n");
     });
-    stop(&mut child);
-    result
 }
 
-fn stop(child: &mut std::process::Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// Stops the child process however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn start_error(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");
     std::fs::write(&path, config).unwrap();
-    let out = meridian().args(["agent", "--config"]).arg(&path).output().unwrap();
+    let out = meridian()
+        .args(["agent", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
@@ -96,10 +126,16 @@ key = "/nonexistent/n1-key.pem"
 
 #[test]
 fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
-    let out = meridian().args(["agent", "--config", "/nonexistent/meridian.toml"]).output().unwrap();
+    let out = meridian()
+        .args(["agent", "--config", "/nonexistent/meridian.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("config file /nonexistent/meridian.toml not found"), "{err}");
+    assert!(
+        err.contains("config file /nonexistent/meridian.toml not found"),
+        "{err}"
+    );
 
     let err = start_error(&format!("{GOOD}\nfrobnicate = 1\n"));
     assert!(err.contains("frobnicate"), "{err}");
@@ -108,7 +144,9 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     let err = start_error(&GOOD.replace("127.0.0.1:1", "not-an-address"));
     assert!(err.contains("client_addr"), "{err}");
 
-    let err = start_error(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 10\nheartbeat_interval_ms = 50\n"));
+    let err = start_error(&format!(
+        "{GOOD}\n[raft]\nelection_timeout_min_ms = 10\nheartbeat_interval_ms = 50\n"
+    ));
     assert!(err.contains("raft.election_timeout_min_ms"), "{err}");
 
     let err = start_error(&GOOD.replace("n1 = \"127.0.0.1:2\"", "n2 = \"127.0.0.1:2\""));

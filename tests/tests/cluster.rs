@@ -20,7 +20,9 @@ async fn killing_the_leader_elects_a_new_one_and_the_old_leader_catches_up() {
     let survivor = (0..3).find(|i| *i != leader).unwrap();
     let mut acked = 0;
     for i in 0..20 {
-        let (status, body) = put(c.url(survivor), &format!("after/{i}"), "v").await.unwrap();
+        let (status, body) = put(c.url(survivor), &format!("after/{i}"), "v")
+            .await
+            .unwrap();
         assert_eq!(status, 200, "write {i} after failover: {body}");
         acked += 1;
     }
@@ -29,9 +31,17 @@ async fn killing_the_leader_elects_a_new_one_and_the_old_leader_catches_up() {
     c.restart(leader).await;
     // The restarted server catches up: a linearizable read through it sees every write.
     for i in 0..20 {
-        assert_eq!(get(c.url(leader), &format!("after/{i}"), false).await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            get(c.url(leader), &format!("after/{i}"), false)
+                .await
+                .unwrap(),
+            Some(b"v".to_vec())
+        );
     }
-    assert_eq!(get(c.url(leader), "before", false).await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        get(c.url(leader), "before", false).await.unwrap(),
+        Some(b"1".to_vec())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +54,14 @@ async fn acknowledged_writes_survive_sigkill_with_their_revisions() {
         let mut acked = Vec::new();
         for i in 0..400 {
             match put(&url, &format!("k/{i:04}"), &format!("v{i}")).await {
-                Ok((200, body)) => acked.push((i, body["header"]["revision"].as_str().unwrap_or("0").parse::<i64>().unwrap_or(0))),
+                Ok((200, body)) => acked.push((
+                    i,
+                    body["header"]["revision"]
+                        .as_str()
+                        .unwrap_or("0")
+                        .parse::<i64>()
+                        .unwrap_or(0),
+                )),
                 _ => break,
             }
         }
@@ -53,23 +70,46 @@ async fn acknowledged_writes_survive_sigkill_with_their_revisions() {
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     c.kill(leader);
     let acked = writer.await.unwrap();
-    assert!(!acked.is_empty(), "some writes were acknowledged before the kill");
+    assert!(
+        !acked.is_empty(),
+        "some writes were acknowledged before the kill"
+    );
     c.restart(leader).await;
     c.wait_ready_all().await;
     for server in 0..3 {
         for (i, revision) in &acked {
-            let (status, v) = post(&format!("{}/v3/kv/range", c.url(server)), &json!({ "key": b64(format!("k/{i:04}").as_bytes()) })).await.unwrap();
+            let (status, v) = post(
+                &format!("{}/v3/kv/range", c.url(server)),
+                &json!({ "key": b64(format!("k/{i:04}").as_bytes()) }),
+            )
+            .await
+            .unwrap();
             assert_eq!(status, 200);
             let kv = &v["kvs"][0];
-            assert_eq!(unb64(&kv["value"]), format!("v{i}").into_bytes(), "acknowledged write {i} lost on server {server}");
-            assert_eq!(kv["mod_revision"], json!(revision.to_string()), "revision of write {i} changed");
+            assert_eq!(
+                unb64(&kv["value"]),
+                format!("v{i}").into_bytes(),
+                "acknowledged write {i} lost on server {server}"
+            );
+            assert_eq!(
+                kv["mod_revision"],
+                json!(revision.to_string()),
+                "revision of write {i} changed"
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_down_while_the_log_was_purged_catches_up_by_snapshot() {
-    let mut c = Cluster::start_with(3, RaftTuning { snapshot_logs: 50, purge_lag_logs: 5 }).await;
+    let mut c = Cluster::start_with(
+        3,
+        RaftTuning {
+            snapshot_logs: 50,
+            purge_lag_logs: 5,
+        },
+    )
+    .await;
     let leader = c.leader().await;
     let lagging = (leader + 1) % 3;
     c.kill(lagging);
@@ -84,11 +124,24 @@ async fn a_server_down_while_the_log_was_purged_catches_up_by_snapshot() {
         if get(c.url(lagging), "s/299", true).await.unwrap().is_some() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "lagging server did not catch up; log:\n{}", c.log(lagging));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lagging server did not catch up; log:\n{}",
+            c.log(lagging)
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     for i in 0..300 {
-        assert!(get(c.url(lagging), &format!("s/{i}"), true).await.unwrap().is_some(), "key s/{i} missing");
+        assert!(
+            get(c.url(lagging), &format!("s/{i}"), true)
+                .await
+                .unwrap()
+                .is_some(),
+            "key s/{i} missing"
+        );
     }
-    assert!(c.log(lagging).contains("snapshot installed"), "the lagging server caught up by snapshot");
+    assert!(
+        c.log(lagging).contains("snapshot installed"),
+        "the lagging server caught up by snapshot"
+    );
 }

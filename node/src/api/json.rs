@@ -20,7 +20,10 @@ pub struct FieldError {
 type Obj = Map<String, Value>;
 
 fn err(field: &str, reason: impl Into<String>) -> FieldError {
-    FieldError { field: field.to_string(), reason: reason.into() }
+    FieldError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn camel(name: &str) -> String {
@@ -40,7 +43,9 @@ fn camel(name: &str) -> String {
 }
 
 fn field<'a>(obj: &'a Obj, name: &str) -> Option<&'a Value> {
-    obj.get(name).or_else(|| obj.get(&camel(name))).filter(|v| !v.is_null())
+    obj.get(name)
+        .or_else(|| obj.get(&camel(name)))
+        .filter(|v| !v.is_null())
 }
 
 /// Parses a JSON object out of a body.
@@ -75,8 +80,12 @@ fn bytes(obj: &Obj, name: &str) -> Result<Vec<u8>, FieldError> {
 fn int(obj: &Obj, name: &str) -> Result<i64, FieldError> {
     match field(obj, name) {
         None => Ok(0),
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| err(name, "expected a 64-bit integer")),
-        Some(Value::String(s)) => s.parse().map_err(|_| err(name, "expected a 64-bit integer")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| err(name, "expected a 64-bit integer")),
+        Some(Value::String(s)) => s
+            .parse()
+            .map_err(|_| err(name, "expected a 64-bit integer")),
         Some(_) => Err(err(name, "expected a 64-bit integer")),
     }
 }
@@ -94,7 +103,11 @@ fn enumeration(obj: &Obj, name: &str, names: &[&str]) -> Result<usize, FieldErro
     match field(obj, name) {
         None => Ok(0),
         Some(Value::String(s)) => names.iter().position(|n| n == s).ok_or_else(bad),
-        Some(Value::Number(n)) => n.as_u64().map(|n| n as usize).filter(|n| *n < names.len()).ok_or_else(bad),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|n| n as usize)
+            .filter(|n| *n < names.len())
+            .ok_or_else(bad),
         Some(_) => Err(bad()),
     }
 }
@@ -117,15 +130,42 @@ fn array<'a>(obj: &'a Obj, name: &str) -> Result<&'a [Value], FieldError> {
 
 /// Decodes a RangeRequest.
 pub fn range_request(obj: &Obj) -> Result<RangeRequest, FieldError> {
-    known(obj, &["key", "range_end", "limit", "revision", "sort_order", "sort_target", "serializable", "keys_only", "count_only", "min_mod_revision", "max_mod_revision", "min_create_revision", "max_create_revision"])?;
+    known(
+        obj,
+        &[
+            "key",
+            "range_end",
+            "limit",
+            "revision",
+            "sort_order",
+            "sort_target",
+            "serializable",
+            "keys_only",
+            "count_only",
+            "min_mod_revision",
+            "max_mod_revision",
+            "min_create_revision",
+            "max_create_revision",
+        ],
+    )?;
     Ok(RangeRequest {
         key: bytes(obj, "key")?,
         range_end: bytes(obj, "range_end")?,
         limit: int(obj, "limit")?,
         revision: int(obj, "revision")?,
-        sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][enumeration(obj, "sort_order", &["NONE", "ASCEND", "DESCEND"])?],
-        sort_target: [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value]
-            [enumeration(obj, "sort_target", &["KEY", "VERSION", "CREATE", "MOD", "VALUE"])?],
+        sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
+            [enumeration(obj, "sort_order", &["NONE", "ASCEND", "DESCEND"])?],
+        sort_target: [
+            SortTarget::Key,
+            SortTarget::Version,
+            SortTarget::Create,
+            SortTarget::Mod,
+            SortTarget::Value,
+        ][enumeration(
+            obj,
+            "sort_target",
+            &["KEY", "VERSION", "CREATE", "MOD", "VALUE"],
+        )?],
         serializable: boolean(obj, "serializable")?,
         keys_only: boolean(obj, "keys_only")?,
         count_only: boolean(obj, "count_only")?,
@@ -138,7 +178,17 @@ pub fn range_request(obj: &Obj) -> Result<RangeRequest, FieldError> {
 
 /// Decodes a PutRequest.
 pub fn put_request(obj: &Obj) -> Result<PutRequest, FieldError> {
-    known(obj, &["key", "value", "lease", "prev_kv", "ignore_value", "ignore_lease"])?;
+    known(
+        obj,
+        &[
+            "key",
+            "value",
+            "lease",
+            "prev_kv",
+            "ignore_value",
+            "ignore_lease",
+        ],
+    )?;
     Ok(PutRequest {
         key: bytes(obj, "key")?,
         value: bytes(obj, "value")?,
@@ -152,33 +202,77 @@ pub fn put_request(obj: &Obj) -> Result<PutRequest, FieldError> {
 /// Decodes a DeleteRangeRequest.
 pub fn delete_request(obj: &Obj) -> Result<DeleteRangeRequest, FieldError> {
     known(obj, &["key", "range_end", "prev_kv"])?;
-    Ok(DeleteRangeRequest { key: bytes(obj, "key")?, range_end: bytes(obj, "range_end")?, prev_kv: boolean(obj, "prev_kv")? })
+    Ok(DeleteRangeRequest {
+        key: bytes(obj, "key")?,
+        range_end: bytes(obj, "range_end")?,
+        prev_kv: boolean(obj, "prev_kv")?,
+    })
 }
 
 /// Decodes a CompactionRequest.
 pub fn compaction_request(obj: &Obj) -> Result<CompactionRequest, FieldError> {
     known(obj, &["revision", "physical"])?;
-    Ok(CompactionRequest { revision: int(obj, "revision")?, physical: boolean(obj, "physical")? })
+    Ok(CompactionRequest {
+        revision: int(obj, "revision")?,
+        physical: boolean(obj, "physical")?,
+    })
 }
 
 fn compare(obj: &Obj) -> Result<Compare, FieldError> {
-    known(obj, &["result", "target", "key", "version", "create_revision", "mod_revision", "value", "lease", "range_end"])?;
-    let result = [CompareResult::Equal, CompareResult::Greater, CompareResult::Less, CompareResult::NotEqual]
-        [enumeration(obj, "result", &["EQUAL", "GREATER", "LESS", "NOT_EQUAL"])?];
-    let target = match enumeration(obj, "target", &["VERSION", "CREATE", "MOD", "VALUE", "LEASE"])? {
+    known(
+        obj,
+        &[
+            "result",
+            "target",
+            "key",
+            "version",
+            "create_revision",
+            "mod_revision",
+            "value",
+            "lease",
+            "range_end",
+        ],
+    )?;
+    let result = [
+        CompareResult::Equal,
+        CompareResult::Greater,
+        CompareResult::Less,
+        CompareResult::NotEqual,
+    ][enumeration(obj, "result", &["EQUAL", "GREATER", "LESS", "NOT_EQUAL"])?];
+    let target = match enumeration(
+        obj,
+        "target",
+        &["VERSION", "CREATE", "MOD", "VALUE", "LEASE"],
+    )? {
         0 => CompareTarget::Version(int(obj, "version")?),
         1 => CompareTarget::Create(int(obj, "create_revision")?),
         2 => CompareTarget::Mod(int(obj, "mod_revision")?),
         3 => CompareTarget::Value(bytes(obj, "value")?),
         _ => CompareTarget::Lease(int(obj, "lease")?),
     };
-    Ok(Compare { result, target, key: bytes(obj, "key")?, range_end: bytes(obj, "range_end")? })
+    Ok(Compare {
+        result,
+        target,
+        key: bytes(obj, "key")?,
+        range_end: bytes(obj, "range_end")?,
+    })
 }
 
 fn request_op(obj: &Obj, depth: usize) -> Result<RequestOp, FieldError> {
-    known(obj, &["request_range", "request_put", "request_delete_range", "request_txn"])?;
+    known(
+        obj,
+        &[
+            "request_range",
+            "request_put",
+            "request_delete_range",
+            "request_txn",
+        ],
+    )?;
     if obj.len() != 1 {
-        return Err(err("request", "expected exactly one of request_range, request_put, request_delete_range, request_txn"));
+        return Err(err(
+            "request",
+            "expected exactly one of request_range, request_put, request_delete_range, request_txn",
+        ));
     }
     if let Some(o) = sub_object(obj, "request_range")? {
         return Ok(RequestOp::Range(range_request(o)?));
@@ -206,12 +300,24 @@ fn txn_request_at(obj: &Obj, depth: usize) -> Result<TxnRequest, FieldError> {
     }
     known(obj, &["compare", "success", "failure"])?;
     let objects = |name: &str| -> Result<Vec<&Obj>, FieldError> {
-        array(obj, name)?.iter().map(|v| v.as_object().ok_or_else(|| err(name, "expected objects"))).collect()
+        array(obj, name)?
+            .iter()
+            .map(|v| v.as_object().ok_or_else(|| err(name, "expected objects")))
+            .collect()
     };
     Ok(TxnRequest {
-        compare: objects("compare")?.into_iter().map(compare).collect::<Result<_, _>>()?,
-        success: objects("success")?.into_iter().map(|o| request_op(o, depth)).collect::<Result<_, _>>()?,
-        failure: objects("failure")?.into_iter().map(|o| request_op(o, depth)).collect::<Result<_, _>>()?,
+        compare: objects("compare")?
+            .into_iter()
+            .map(compare)
+            .collect::<Result<_, _>>()?,
+        success: objects("success")?
+            .into_iter()
+            .map(|o| request_op(o, depth))
+            .collect::<Result<_, _>>()?,
+        failure: objects("failure")?
+            .into_iter()
+            .map(|o| request_op(o, depth))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -291,14 +397,22 @@ pub fn delete_response(h: Option<&Header>, r: &DeleteRangeResponse) -> Value {
     let mut o = Obj::new();
     put_int(&mut o, "deleted", r.deleted);
     if !r.prev_kvs.is_empty() {
-        o.insert("prev_kvs".into(), Value::Array(r.prev_kvs.iter().map(kv).collect()));
+        o.insert(
+            "prev_kvs".into(),
+            Value::Array(r.prev_kvs.iter().map(kv).collect()),
+        );
     }
     with_header(h, o)
 }
 
 /// Encodes a TxnResponse; answers inside carry a header with only the revision, as etcd's do.
 pub fn txn_response(h: Option<&Header>, r: &TxnResponse) -> Value {
-    let inner = h.map(|h| Header { cluster_id: 0, member_id: 0, revision: h.revision, raft_term: 0 });
+    let inner = h.map(|h| Header {
+        cluster_id: 0,
+        member_id: 0,
+        revision: h.revision,
+        raft_term: 0,
+    });
     let mut o = Obj::new();
     put_bool(&mut o, "succeeded", r.succeeded);
     if !r.responses.is_empty() {
@@ -306,9 +420,13 @@ pub fn txn_response(h: Option<&Header>, r: &TxnResponse) -> Value {
             .responses
             .iter()
             .map(|op| match op {
-                ResponseOp::Range(x) => json!({ "response_range": range_response(inner.as_ref(), x) }),
+                ResponseOp::Range(x) => {
+                    json!({ "response_range": range_response(inner.as_ref(), x) })
+                }
                 ResponseOp::Put(x) => json!({ "response_put": put_response(inner.as_ref(), x) }),
-                ResponseOp::DeleteRange(x) => json!({ "response_delete_range": delete_response(inner.as_ref(), x) }),
+                ResponseOp::DeleteRange(x) => {
+                    json!({ "response_delete_range": delete_response(inner.as_ref(), x) })
+                }
                 ResponseOp::Txn(x) => json!({ "response_txn": txn_response(inner.as_ref(), x) }),
             })
             .collect();
@@ -325,7 +443,16 @@ mod tests {
     fn decoders_accept_etcd_shapes_and_name_the_bad_field() {
         let o = object(br#"{"key":"YQ==","rangeEnd":"Yg==","limit":"2","sort_order":"DESCEND","sort_target":4}"#).unwrap();
         let r = range_request(&o).unwrap();
-        assert_eq!((r.key, r.range_end, r.limit, r.sort_order, r.sort_target), (b"a".to_vec(), b"b".to_vec(), 2, SortOrder::Descend, SortTarget::Value));
+        assert_eq!(
+            (r.key, r.range_end, r.limit, r.sort_order, r.sort_target),
+            (
+                b"a".to_vec(),
+                b"b".to_vec(),
+                2,
+                SortOrder::Descend,
+                SortTarget::Value
+            )
+        );
         let e = range_request(&object(br#"{"key":"!!"}"#).unwrap()).unwrap_err();
         assert_eq!(e.field, "key");
         let e = range_request(&object(br#"{"limit":"x"}"#).unwrap()).unwrap_err();

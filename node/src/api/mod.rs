@@ -28,7 +28,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: i32, message: impl Into<String>) -> ApiError {
-        ApiError { status: http_status(code), code, message: message.into() }
+        ApiError {
+            status: http_status(code),
+            code,
+            message: message.into(),
+        }
     }
 
     fn invalid(message: impl Into<String>) -> ApiError {
@@ -70,7 +74,12 @@ impl From<json::FieldError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.message, "code": self.code, "message": self.message });
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
     }
 }
 
@@ -84,7 +93,10 @@ pub fn router(node: Node) -> Router {
         .route("/v3/kv/compaction", post(v3::compaction))
         .route("/v3/maintenance/status", post(v3::status))
         .route("/v3/cluster/member/list", post(v3::member_list))
-        .route("/v1/kv/{*key}", get(v1::get).put(v1::put).delete(v1::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(v1::get).put(v1::put).delete(v1::delete),
+        )
         .route("/v1/status", get(v1::status))
         .route("/version", get(version))
         .route("/health", get(health))
@@ -100,8 +112,12 @@ async fn observe(State(node): State<Node>, req: Request, next: Next) -> Response
     let start = Instant::now();
     let response = next.run(req).await;
     let m = node.metrics();
-    m.api_requests.with_label_values(&[route, response.status().as_str()]).inc();
-    m.api_duration.with_label_values(&[route]).observe(start.elapsed().as_secs_f64());
+    m.api_requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    m.api_duration
+        .with_label_values(&[route])
+        .observe(start.elapsed().as_secs_f64());
     response
 }
 
@@ -129,15 +145,23 @@ fn route_label(path: &str) -> &'static str {
 async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, ApiError> {
     // Base64 makes bytes 4/3 larger; allow for it and for the JSON around them.
     let limit = node.config().limits.request_bytes_max * 4 / 3 + 64 * 1024;
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::from(KvError::RequestTooLarge))
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::from(KvError::RequestTooLarge))
 }
 
 async fn not_found() -> ApiError {
-    ApiError { status: StatusCode::NOT_FOUND, code: grpc_code::NOT_FOUND, message: "Not Found".into() }
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: grpc_code::NOT_FOUND,
+        message: "Not Found".into(),
+    }
 }
 
 async fn version() -> impl IntoResponse {
-    axum::Json(json!({ "etcdserver": "3.4.0", "etcdcluster": "3.4.0", "meridian": env!("CARGO_PKG_VERSION") }))
+    axum::Json(
+        json!({ "etcdserver": "3.4.0", "etcdcluster": "3.4.0", "meridian": env!("CARGO_PKG_VERSION") }),
+    )
 }
 
 async fn health() -> impl IntoResponse {
@@ -148,10 +172,17 @@ async fn ready(State(node): State<Node>) -> Response {
     if node.ready().await {
         axum::Json(json!({ "ready": true })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "ready": false, "reason": "no leader or not caught up" }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "reason": "no leader or not caught up" })),
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(node): State<Node>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics().render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics().render(),
+    )
 }

@@ -13,11 +13,19 @@ use axum::Json;
 use serde_json::{json, Value};
 
 fn fail(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into(), "field": field }))).into_response()
+    (
+        status,
+        Json(json!({ "error": message.into(), "field": field })),
+    )
+        .into_response()
 }
 
 fn from_api(e: ApiError) -> Response {
-    (e.status, Json(json!({ "error": e.message, "code": e.code }))).into_response()
+    (
+        e.status,
+        Json(json!({ "error": e.message, "code": e.code })),
+    )
+        .into_response()
 }
 
 /// Query options of `/v1/kv`.
@@ -34,14 +42,30 @@ fn parse_query(raw: Option<&str>) -> Result<KvQuery, Response> {
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let number = |field: &str| -> Result<i64, Response> {
-            value.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| fail(StatusCode::BAD_REQUEST, field, format!("{field} must be a non-negative integer")))
+            value
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    fail(
+                        StatusCode::BAD_REQUEST,
+                        field,
+                        format!("{field} must be a non-negative integer"),
+                    )
+                })
         };
         match name {
             "prefix" => q.prefix = true,
             "stale" => q.stale = true,
             "rev" => q.rev = number("rev")?,
             "cas" => q.cas = Some(number("cas")?),
-            other => return Err(fail(StatusCode::BAD_REQUEST, other, format!("unknown query parameter {other:?}"))),
+            other => {
+                return Err(fail(
+                    StatusCode::BAD_REQUEST,
+                    other,
+                    format!("unknown query parameter {other:?}"),
+                ))
+            }
         }
     }
     Ok(q)
@@ -67,9 +91,19 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 /// The key named by the path, which must be valid UTF-8 after percent-decoding.
 fn key_of(uri: &Uri) -> Result<Vec<u8>, Response> {
     let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
-    let decoded = percent_decode(raw).ok_or_else(|| fail(StatusCode::BAD_REQUEST, "key", "malformed percent-encoding in key"))?;
+    let decoded = percent_decode(raw).ok_or_else(|| {
+        fail(
+            StatusCode::BAD_REQUEST,
+            "key",
+            "malformed percent-encoding in key",
+        )
+    })?;
     if std::str::from_utf8(&decoded).is_err() {
-        return Err(fail(StatusCode::BAD_REQUEST, "key", "key must be valid UTF-8 in /v1 paths (use /v3 for binary keys)"));
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "key",
+            "key must be valid UTF-8 in /v1 paths (use /v3 for binary keys)",
+        ));
     }
     if decoded.is_empty() {
         return Err(fail(StatusCode::BAD_REQUEST, "key", "key is empty"));
@@ -93,7 +127,10 @@ fn text_or_base64(o: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u
     use base64::Engine;
     match std::str::from_utf8(bytes) {
         Ok(s) => o.insert(name.into(), json!(s)),
-        Err(_) => o.insert(format!("{name}_base64"), json!(base64::engine::general_purpose::STANDARD.encode(bytes))),
+        Err(_) => o.insert(
+            format!("{name}_base64"),
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
     };
 }
 
@@ -116,15 +153,27 @@ fn with_revision(h: &Header, response: Response) -> Response {
     response
 }
 
-pub(super) async fn get(State(node): State<Node>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+pub(super) async fn get(
+    State(node): State<Node>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let (key, q) = match (key_of(&uri), parse_query(query.as_deref())) {
         (Ok(k), Ok(q)) => (k, q),
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let wants_json = q.prefix
-        || headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"));
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json"));
     let req = RangeRequest {
-        range_end: if q.prefix { prefix_end(&key) } else { Vec::new() },
+        range_end: if q.prefix {
+            prefix_end(&key)
+        } else {
+            Vec::new()
+        },
         key,
         revision: q.rev,
         serializable: q.stale,
@@ -142,61 +191,116 @@ pub(super) async fn get(State(node): State<Node>, uri: Uri, RawQuery(query): Raw
         return with_revision(&h, Json(body).into_response());
     }
     match r.kvs.into_iter().next() {
-        Some(kv) => with_revision(&h, ([(header::CONTENT_TYPE, "application/octet-stream")], kv.value).into_response()),
+        Some(kv) => with_revision(
+            &h,
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                kv.value,
+            )
+                .into_response(),
+        ),
         None => with_revision(&h, fail(StatusCode::NOT_FOUND, "key", "key not found")),
     }
 }
 
-pub(super) async fn put(State(node): State<Node>, uri: Uri, RawQuery(query): RawQuery, body: Body) -> Response {
+pub(super) async fn put(
+    State(node): State<Node>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
     let (key, q) = match (key_of(&uri), parse_query(query.as_deref())) {
         (Ok(k), Ok(q)) => (k, q),
         (Err(r), _) | (_, Err(r)) => return r,
     };
     if q.prefix || q.stale || q.rev != 0 {
-        return fail(StatusCode::BAD_REQUEST, "query", "put accepts only ?cas=MOD_REVISION");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "query",
+            "put accepts only ?cas=MOD_REVISION",
+        );
     }
     let value = match read_body(&node, body).await {
         Ok(b) => b.to_vec(),
         Err(e) => return from_api(e),
     };
-    let put = PutRequest { key: key.clone(), value, ..Default::default() };
+    let put = PutRequest {
+        key: key.clone(),
+        value,
+        ..Default::default()
+    };
     if let Err(e) = check_put(&node, &put) {
         return from_api(e.into());
     }
     match q.cas {
         None => match node.put(put).await {
-            Ok((h, _)) => with_revision(&h, Json(json!({ "revision": h.revision })).into_response()),
+            Ok((h, _)) => {
+                with_revision(&h, Json(json!({ "revision": h.revision })).into_response())
+            }
             Err(e) => from_api(e.into()),
         },
         Some(expected) => {
             let txn = TxnRequest {
-                compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Mod(expected), key, range_end: Vec::new() }],
+                compare: vec![Compare {
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Mod(expected),
+                    key,
+                    range_end: Vec::new(),
+                }],
                 success: vec![RequestOp::Put(put)],
                 failure: Vec::new(),
             };
             match node.txn(txn).await {
-                Ok((h, r)) if r.succeeded => with_revision(&h, Json(json!({ "revision": h.revision })).into_response()),
-                Ok((h, _)) => with_revision(&h, fail(StatusCode::CONFLICT, "cas", format!("mod_revision is not {expected}"))),
+                Ok((h, r)) if r.succeeded => {
+                    with_revision(&h, Json(json!({ "revision": h.revision })).into_response())
+                }
+                Ok((h, _)) => with_revision(
+                    &h,
+                    fail(
+                        StatusCode::CONFLICT,
+                        "cas",
+                        format!("mod_revision is not {expected}"),
+                    ),
+                ),
                 Err(e) => from_api(e.into()),
             }
         }
     }
 }
 
-pub(super) async fn delete(State(node): State<Node>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+pub(super) async fn delete(
+    State(node): State<Node>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
     let (key, q) = match (key_of(&uri), parse_query(query.as_deref())) {
         (Ok(k), Ok(q)) => (k, q),
         (Err(r), _) | (_, Err(r)) => return r,
     };
     if q.stale || q.rev != 0 || q.cas.is_some() {
-        return fail(StatusCode::BAD_REQUEST, "query", "delete accepts only ?prefix");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "query",
+            "delete accepts only ?prefix",
+        );
     }
-    let req = DeleteRangeRequest { range_end: if q.prefix { prefix_end(&key) } else { Vec::new() }, key, prev_kv: false };
+    let req = DeleteRangeRequest {
+        range_end: if q.prefix {
+            prefix_end(&key)
+        } else {
+            Vec::new()
+        },
+        key,
+        prev_kv: false,
+    };
     if let Err(e) = check_delete(&node, &req) {
         return from_api(e.into());
     }
     match node.delete_range(req).await {
-        Ok((h, r)) => with_revision(&h, Json(json!({ "revision": h.revision, "deleted": r.deleted })).into_response()),
+        Ok((h, r)) => with_revision(
+            &h,
+            Json(json!({ "revision": h.revision, "deleted": r.deleted })).into_response(),
+        ),
         Err(e) => from_api(e.into()),
     }
 }

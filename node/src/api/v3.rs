@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 
 fn check_sizes(node: &Node, key: &[u8], value: &[u8]) -> Result<(), KvError> {
     let limits = &node.config().limits;
-    if key.len() > limits.key_bytes_max || value.len() > limits.value_bytes_max || key.len() + value.len() > limits.request_bytes_max {
+    if key.len() > limits.key_bytes_max
+        || value.len() > limits.value_bytes_max
+        || key.len() + value.len() > limits.request_bytes_max
+    {
         return Err(KvError::RequestTooLarge);
     }
     Ok(())
@@ -80,7 +83,10 @@ pub(super) async fn put(State(node): State<Node>, body: Body) -> Result<Json<Val
     Ok(Json(wire::put_response(Some(&h), &r)))
 }
 
-pub(super) async fn delete_range(State(node): State<Node>, body: Body) -> Result<Json<Value>, ApiError> {
+pub(super) async fn delete_range(
+    State(node): State<Node>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let body = read_body(&node, body).await?;
     let req = wire::delete_request(&wire::object(&body)?)?;
     check_delete(&node, &req)?;
@@ -100,7 +106,10 @@ pub(super) async fn txn(State(node): State<Node>, body: Body) -> Result<Json<Val
     Ok(Json(wire::txn_response(Some(&h), &r)))
 }
 
-pub(super) async fn compaction(State(node): State<Node>, body: Body) -> Result<Json<Value>, ApiError> {
+pub(super) async fn compaction(
+    State(node): State<Node>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let body = read_body(&node, body).await?;
     let req = wire::compaction_request(&wire::object(&body)?)?;
     let h = node.compact(req).await?;
@@ -121,7 +130,11 @@ pub(super) async fn status(State(node): State<Node>) -> Result<Json<Value>, ApiE
         "meridian": { "version": s.version, "datacenter": s.datacenter, "name": s.name },
     });
     if !s.alarms.is_empty() {
-        v["errors"] = json!(s.alarms.iter().map(|a| format!("alarm:{a}")).collect::<Vec<_>>());
+        v["errors"] = json!(s
+            .alarms
+            .iter()
+            .map(|a| format!("alarm:{a}"))
+            .collect::<Vec<_>>());
     }
     Ok(Json(v))
 }
@@ -146,5 +159,7 @@ pub(super) async fn member_list(State(node): State<Node>) -> Result<Json<Value>,
             o
         })
         .collect();
-    Ok(Json(json!({ "header": wire::header(&s.header), "members": members })))
+    Ok(Json(
+        json!({ "header": wire::header(&s.header), "members": members }),
+    ))
 }

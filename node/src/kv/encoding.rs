@@ -98,11 +98,32 @@ mod tests {
 
     #[test]
     fn encoding_preserves_order_and_round_trips() {
-        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"a\x01", b"ab", b"b", b"\xff", b"\xff\xff"];
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"\0",
+            b"\0\0",
+            b"\0\x01",
+            b"a",
+            b"a\0",
+            b"a\0b",
+            b"a\x01",
+            b"ab",
+            b"b",
+            b"\xff",
+            b"\xff\xff",
+        ];
         for w in keys.windows(2) {
             assert!(w[0] < w[1]);
-            assert!(row_key(w[0], i64::MAX, u32::MAX) < row_key(w[1], 0, 0), "{:?} {:?}", w[0], w[1]);
-            assert!(row_key(w[0], i64::MAX, u32::MAX) < escape_bound(w[1]) || w[1].starts_with(w[0]) && escape_bound(w[1]) > row_key(w[0], 0, 0));
+            assert!(
+                row_key(w[0], i64::MAX, u32::MAX) < row_key(w[1], 0, 0),
+                "{:?} {:?}",
+                w[0],
+                w[1]
+            );
+            assert!(
+                row_key(w[0], i64::MAX, u32::MAX) < escape_bound(w[1])
+                    || w[1].starts_with(w[0]) && escape_bound(w[1]) > row_key(w[0], 0, 0)
+            );
         }
         for k in &keys {
             let row = row_key(k, 7, 3);

@@ -8,7 +8,9 @@
 //! Readers use a read transaction and never block the writer; the writer is
 //! the Raft state machine applying committed entries.
 
-use super::encoding::{escape_bound, escape_key, push_rev, rev_key, row_key, split_row_key, unescape_key};
+use super::encoding::{
+    escape_bound, escape_key, push_rev, rev_key, row_key, split_row_key, unescape_key,
+};
 use super::types::*;
 use super::KvError;
 use heed::types::{Bytes, Str};
@@ -63,7 +65,12 @@ impl KvStore {
             })?
             .unwrap_commit();
         let (kv, changes, meta) = tables;
-        Ok(KvStore { env, kv, changes, meta })
+        Ok(KvStore {
+            env,
+            kv,
+            changes,
+            meta,
+        })
     }
 
     /// The environment the tables live in.
@@ -72,7 +79,11 @@ impl KvStore {
     }
 
     /// Reads a metadata value.
-    pub fn meta_get<T: for<'a> Deserialize<'a>>(&self, txn: &RoTxn, name: &str) -> Result<Option<T>, KvError> {
+    pub fn meta_get<T: for<'a> Deserialize<'a>>(
+        &self,
+        txn: &RoTxn,
+        name: &str,
+    ) -> Result<Option<T>, KvError> {
         match self.meta.get(txn, name)? {
             Some(bytes) => Ok(Some(decode(bytes)?)),
             None => Ok(None),
@@ -80,7 +91,12 @@ impl KvStore {
     }
 
     /// Writes a metadata value.
-    pub fn meta_put<T: Serialize>(&self, txn: &mut RwTxn, name: &str, value: &T) -> Result<(), KvError> {
+    pub fn meta_put<T: Serialize>(
+        &self,
+        txn: &mut RwTxn,
+        name: &str,
+        value: &T,
+    ) -> Result<(), KvError> {
         self.meta.put(txn, name, &encode(value)?)?;
         Ok(())
     }
@@ -102,7 +118,11 @@ impl KvStore {
 
     /// Every table's rows, for snapshots: (table name, key, value).
     pub fn tables(&self) -> [(&'static str, Database<'static, Bytes, Bytes>); 3] {
-        [("kv", self.kv), ("changes", self.changes), ("meta", self.meta.remap_key_type::<Bytes>())]
+        [
+            ("kv", self.kv),
+            ("changes", self.changes),
+            ("meta", self.meta.remap_key_type::<Bytes>()),
+        ]
     }
 
     /// Answers a range at the revision it asks for.
@@ -111,8 +131,17 @@ impl KvStore {
         self.range_at(txn, req, current)
     }
 
-    fn range_at(&self, txn: &RoTxn, req: &RangeRequest, current: i64) -> Result<RangeResponse, KvError> {
-        let rev = if req.revision <= 0 { current } else { req.revision };
+    fn range_at(
+        &self,
+        txn: &RoTxn,
+        req: &RangeRequest,
+        current: i64,
+    ) -> Result<RangeResponse, KvError> {
+        let rev = if req.revision <= 0 {
+            current
+        } else {
+            req.revision
+        };
         if rev > current {
             return Err(KvError::FutureRevision);
         }
@@ -129,7 +158,11 @@ impl KvStore {
         }
         let needs_all = filters || sort_order != SortOrder::None;
         // Without sorting or filters only limit + 1 rows are kept; the rest are counted.
-        let keep_max = if req.limit > 0 && !needs_all { req.limit as usize + 1 } else { usize::MAX };
+        let keep_max = if req.limit > 0 && !needs_all {
+            req.limit as usize + 1
+        } else {
+            usize::MAX
+        };
         let keep_values = !req.keys_only && !req.count_only;
 
         let mut kvs = Vec::new();
@@ -146,8 +179,10 @@ impl KvStore {
             kvs.retain(|kv: &KeyValue| {
                 (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
                     && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
-                    && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
-                    && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+                    && (req.min_create_revision == 0
+                        || kv.create_revision >= req.min_create_revision)
+                    && (req.max_create_revision == 0
+                        || kv.create_revision <= req.max_create_revision)
             });
         }
         if sort_order != SortOrder::None {
@@ -173,7 +208,14 @@ impl KvStore {
 
     /// Calls `visit` once per key live at `rev` in `[key, range_end)`, in key
     /// order, with a function that materialises the key-value (with or without its value).
-    fn scan<F>(&self, txn: &RoTxn, key: &[u8], range_end: &[u8], rev: i64, mut visit: F) -> Result<(), KvError>
+    fn scan<F>(
+        &self,
+        txn: &RoTxn,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+        mut visit: F,
+    ) -> Result<(), KvError>
     where
         F: FnMut(&dyn Fn(bool) -> Result<KeyValue, KvError>) -> Result<(), KvError>,
     {
@@ -190,7 +232,11 @@ impl KvStore {
             return Ok(());
         }
         let lower = escape_key(key);
-        let upper = if range_end == [0] { None } else { Some(escape_bound(range_end)) };
+        let upper = if range_end == [0] {
+            None
+        } else {
+            Some(escape_bound(range_end))
+        };
         if let Some(upper) = &upper {
             if upper.as_slice() <= lower.as_slice() {
                 return Ok(());
@@ -210,7 +256,8 @@ impl KvStore {
             if let Some((escaped, main, row)) = group {
                 let record: Record = decode(&row)?;
                 if !record.tombstone {
-                    let user_key = unescape_key(&escaped).ok_or_else(|| KvError::Storage("bad key encoding".into()))?;
+                    let user_key = unescape_key(&escaped)
+                        .ok_or_else(|| KvError::Storage("bad key encoding".into()))?;
                     visit(&|with_value| Ok(to_kv(user_key.clone(), main, &record, with_value)))?;
                 }
             }
@@ -218,8 +265,11 @@ impl KvStore {
         };
         for item in self.kv.range(txn, &bounds)? {
             let (row_key, row) = item?;
-            let (escaped, main, _sub) = split_row_key(row_key).ok_or_else(|| KvError::Storage("bad row key".into()))?;
-            let same_key = group.as_ref().is_some_and(|(g, _, _)| g.as_slice() == escaped);
+            let (escaped, main, _sub) =
+                split_row_key(row_key).ok_or_else(|| KvError::Storage("bad row key".into()))?;
+            let same_key = group
+                .as_ref()
+                .is_some_and(|(g, _, _)| g.as_slice() == escaped);
             if !same_key {
                 emit(group.take(), &mut visit)?;
                 group = None;
@@ -241,7 +291,8 @@ impl KvStore {
         let Some((found, row)) = self.kv.get_lower_than_or_equal_to(txn, &probe)? else {
             return Ok(None);
         };
-        let (escaped, main, _) = split_row_key(found).ok_or_else(|| KvError::Storage("bad row key".into()))?;
+        let (escaped, main, _) =
+            split_row_key(found).ok_or_else(|| KvError::Storage("bad row key".into()))?;
         if escaped != &probe[..probe.len() - 12] {
             return Ok(None);
         }
@@ -259,7 +310,11 @@ fn to_kv(key: Vec<u8>, mod_revision: i64, record: &Record, with_value: bool) -> 
         create_revision: record.create_revision,
         mod_revision,
         version: record.version,
-        value: if with_value { record.value.clone() } else { Vec::new() },
+        value: if with_value {
+            record.value.clone()
+        } else {
+            Vec::new()
+        },
         lease: record.lease,
     }
 }
@@ -279,7 +334,14 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
     /// Starts a command at the store's current revision.
     pub fn new(store: KvStore, txn: &'t mut RwTxn<'e>) -> Result<Self, KvError> {
         let revision = store.revision(txn)?;
-        Ok(KvWriter { store, txn, revision, sub: 0, keys_delta: 0, _store: std::marker::PhantomData })
+        Ok(KvWriter {
+            store,
+            txn,
+            revision,
+            sub: 0,
+            keys_delta: 0,
+            _store: std::marker::PhantomData,
+        })
     }
 
     /// The revision a read inside this command sees: its own writes included.
@@ -308,7 +370,8 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
             let revision = self.revision + 1;
             self.store.meta_put(self.txn, META_REVISION, &revision)?;
             let keys: i64 = self.store.meta_get(self.txn, META_KEYS)?.unwrap_or(0);
-            self.store.meta_put(self.txn, META_KEYS, &(keys + self.keys_delta))?;
+            self.store
+                .meta_put(self.txn, META_KEYS, &(keys + self.keys_delta))?;
             Ok(revision)
         } else {
             Ok(self.revision)
@@ -319,7 +382,9 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
         let main = self.revision + 1;
         let sub = self.sub;
         self.sub += 1;
-        self.store.kv.put(self.txn, &row_key(key, main, sub), &encode(record)?)?;
+        self.store
+            .kv
+            .put(self.txn, &row_key(key, main, sub), &encode(record)?)?;
         self.store.changes.put(self.txn, &rev_key(main, sub), key)?;
         Ok(())
     }
@@ -331,38 +396,73 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(KvError::KeyNotFound);
         }
-        let lease = if req.ignore_lease { prev.as_ref().map_or(0, |p| p.lease) } else { req.lease };
+        let lease = if req.ignore_lease {
+            prev.as_ref().map_or(0, |p| p.lease)
+        } else {
+            req.lease
+        };
         if lease != 0 {
             // Leases arrive with the coordination primitives; until then none exists.
             return Err(KvError::LeaseNotFound);
         }
-        let value = if req.ignore_value { prev.as_ref().map(|p| p.value.clone()).unwrap_or_default() } else { req.value.clone() };
+        let value = if req.ignore_value {
+            prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()
+        } else {
+            req.value.clone()
+        };
         let record = match &prev {
-            Some(p) => Record { tombstone: false, create_revision: p.create_revision, version: p.version + 1, lease, value },
+            Some(p) => Record {
+                tombstone: false,
+                create_revision: p.create_revision,
+                version: p.version + 1,
+                lease,
+                value,
+            },
             None => {
                 self.keys_delta += 1;
-                Record { tombstone: false, create_revision: self.revision + 1, version: 1, lease, value }
+                Record {
+                    tombstone: false,
+                    create_revision: self.revision + 1,
+                    version: 1,
+                    lease,
+                    value,
+                }
             }
         };
         self.write_row(&req.key, &record)?;
-        Ok(PutResponse { prev_kv: if req.prev_kv { prev } else { None } })
+        Ok(PutResponse {
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
     }
 
     /// etcd's delete_range.
-    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, KvError> {
         let rev = self.read_revision();
         let mut victims = Vec::new();
-        self.store.scan(self.txn, &req.key, &req.range_end, rev, |kv| {
-            victims.push(kv(req.prev_kv)?);
-            Ok(())
-        })?;
+        self.store
+            .scan(self.txn, &req.key, &req.range_end, rev, |kv| {
+                victims.push(kv(req.prev_kv)?);
+                Ok(())
+            })?;
         for kv in &victims {
-            let tomb = Record { tombstone: true, create_revision: 0, version: 0, lease: 0, value: Vec::new() };
+            let tomb = Record {
+                tombstone: true,
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                value: Vec::new(),
+            };
             self.write_row(&kv.key, &tomb)?;
             self.keys_delta -= 1;
         }
         let deleted = victims.len() as i64;
-        Ok(DeleteRangeResponse { deleted, prev_kvs: if req.prev_kv { victims } else { Vec::new() } })
+        Ok(DeleteRangeResponse {
+            deleted,
+            prev_kvs: if req.prev_kv { victims } else { Vec::new() },
+        })
     }
 
     /// etcd's range, seeing this command's own writes.
@@ -379,7 +479,11 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
                 break;
             }
         }
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
@@ -389,16 +493,20 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
                 RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t)?),
             });
         }
-        Ok(TxnResponse { succeeded, responses })
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
     }
 
     fn compare(&self, cmp: &Compare) -> Result<bool, KvError> {
         let rev = self.read_revision();
         let mut kvs = Vec::new();
-        self.store.scan(self.txn, &cmp.key, &cmp.range_end, rev, |kv| {
-            kvs.push(kv(matches!(cmp.target, CompareTarget::Value(_)))?);
-            Ok(())
-        })?;
+        self.store
+            .scan(self.txn, &cmp.key, &cmp.range_end, rev, |kv| {
+                kvs.push(kv(matches!(cmp.target, CompareTarget::Value(_)))?);
+                Ok(())
+            })?;
         if kvs.is_empty() {
             // A value compare on a missing key always fails; other targets compare against zero.
             if matches!(cmp.target, CompareTarget::Value(_)) {
@@ -420,18 +528,25 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
         }
         let upper = rev_key(revision, u32::MAX);
         let mut changes = Vec::new();
-        for item in self.store.changes.range(self.txn, &(Bound::Unbounded, Bound::Included(upper.as_slice())))? {
+        for item in self.store.changes.range(
+            self.txn,
+            &(Bound::Unbounded, Bound::Included(upper.as_slice())),
+        )? {
             let (rev, key) = item?;
             changes.push((rev.to_vec(), key.to_vec()));
         }
         for (rev, key) in changes {
-            let (main, sub) = super::encoding::parse_rev(&rev).ok_or_else(|| KvError::Storage("bad change key".into()))?;
+            let (main, sub) = super::encoding::parse_rev(&rev)
+                .ok_or_else(|| KvError::Storage("bad change key".into()))?;
             // Every older row of this key is superseded by this one, which is at or below `revision`.
             let mut lower = escape_key(&key);
             let mut this_row = lower.clone();
             push_rev(&mut lower, 0, 0);
             push_rev(&mut this_row, main, sub);
-            let older = (Bound::Included(lower.as_slice()), Bound::Excluded(this_row.as_slice()));
+            let older = (
+                Bound::Included(lower.as_slice()),
+                Bound::Excluded(this_row.as_slice()),
+            );
             self.store.kv.delete_range(self.txn, &older)?;
             if main < revision {
                 let record: Option<Record> = match self.store.kv.get(self.txn, &this_row)? {
@@ -471,7 +586,12 @@ fn compare_kv(cmp: &Compare, kv: &KeyValue) -> bool {
 pub fn check_txn(req: &TxnRequest) -> Result<(), KvError> {
     fn count(req: &TxnRequest) -> usize {
         let branch = |ops: &[RequestOp]| -> usize {
-            ops.iter().map(|op| match op { RequestOp::Txn(t) => 1 + count(t), _ => 1 }).sum()
+            ops.iter()
+                .map(|op| match op {
+                    RequestOp::Txn(t) => 1 + count(t),
+                    _ => 1,
+                })
+                .sum()
         };
         branch(&req.success).max(branch(&req.failure))
     }
@@ -499,7 +619,11 @@ pub fn check_txn(req: &TxnRequest) -> Result<(), KvError> {
         }
         for key in &puts {
             for (start, end) in &deletes {
-                let hit = if end.is_empty() { key == start } else { *key >= *start && (*end == [0] || key < end) };
+                let hit = if end.is_empty() {
+                    key == start
+                } else {
+                    *key >= *start && (*end == [0] || key < end)
+                };
                 if hit {
                     return Err(KvError::DuplicateKey);
                 }

@@ -36,7 +36,10 @@ pub trait LogObserver: Send + Sync + 'static {
 
 impl LogStore {
     /// Creates the tables; `observer` is told of commits and the committed index.
-    pub fn open(env: &'static Env<WithoutTls>, observer: Arc<dyn LogObserver>) -> Result<LogStore, heed::Error> {
+    pub fn open(
+        env: &'static Env<WithoutTls>,
+        observer: Arc<dyn LogObserver>,
+    ) -> Result<LogStore, heed::Error> {
         let wtxn = env.write_txn()?;
         let (log, meta) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
@@ -45,13 +48,31 @@ impl LogStore {
                 Ok(heed::CommitOrAbort::<_, ()>::Commit((log, meta)))
             })?
             .unwrap_commit();
-        Ok(LogStore { env, log, meta, observer })
+        Ok(LogStore {
+            env,
+            log,
+            meta,
+            observer,
+        })
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, name: &str, subject: ErrorSubject<u64>) -> Result<Option<T>, StorageError> {
-        let rtxn = self.env.read_txn().map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))?;
-        match self.meta.get(&rtxn, name).map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))? {
-            Some(bytes) => postcard::from_bytes(bytes).map(Some).map_err(|e| storage_io(subject, ErrorVerb::Read, e)),
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))?;
+        match self
+            .meta
+            .get(&rtxn, name)
+            .map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))?
+        {
+            Some(bytes) => postcard::from_bytes(bytes)
+                .map(Some)
+                .map_err(|e| storage_io(subject, ErrorVerb::Read, e)),
             None => Ok(None),
         }
     }
@@ -76,7 +97,12 @@ impl LogStore {
         .map_err(|e| storage_io(sub, ErrorVerb::Write, e))
     }
 
-    fn put_meta<T: serde::Serialize>(&self, wtxn: &mut heed::RwTxn, name: &str, value: &T) -> Result<(), String> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        name: &str,
+        value: &T,
+    ) -> Result<(), String> {
         let bytes = postcard::to_allocvec(value).map_err(|e| e.to_string())?;
         self.meta.put(wtxn, name, &bytes).map_err(|e| e.to_string())
     }
@@ -88,12 +114,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let subject = || ErrorSubject::Logs;
-        let rtxn = self.env.read_txn().map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-        let bounds: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
         let mut entries = Vec::new();
-        for item in self.log.range(&rtxn, &bounds).map_err(|e| storage_io(subject(), ErrorVerb::Read, e))? {
+        for item in self
+            .log
+            .range(&rtxn, &bounds)
+            .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?
+        {
             let (_, bytes) = item.map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-            let entry: Entry<TypeConfig> = postcard::from_bytes(bytes).map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
+            let entry: Entry<TypeConfig> = postcard::from_bytes(bytes)
+                .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
             entries.push(entry);
         }
         Ok(entries)
@@ -105,16 +140,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.read_meta(META_PURGED, ErrorSubject::Store)?;
-        let rtxn = self.env.read_txn().map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        let last = match self.log.last(&rtxn).map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))? {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let last = match self
+            .log
+            .last(&rtxn)
+            .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        {
             Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> =
-                    postcard::from_bytes(bytes).map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let entry: Entry<TypeConfig> = postcard::from_bytes(bytes)
+                    .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Some(entry.log_id)
             }
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -123,7 +168,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let vote = *vote;
-        self.write(ErrorSubject::Vote, move |s, wtxn| s.put_meta(wtxn, META_VOTE, &vote)).await
+        self.write(ErrorSubject::Vote, move |s, wtxn| {
+            s.put_meta(wtxn, META_VOTE, &vote)
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -134,21 +182,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = committed {
             self.observer.committed(c.index);
         }
-        self.write(ErrorSubject::Store, move |s, wtxn| s.put_meta(wtxn, META_COMMITTED, &committed)).await
+        self.write(ErrorSubject::Store, move |s, wtxn| {
+            s.put_meta(wtxn, META_COMMITTED, &committed)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(META_COMMITTED, ErrorSubject::Store)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId>>(META_COMMITTED, ErrorSubject::Store)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let mut encoded = Vec::new();
         for entry in entries {
-            let bytes = postcard::to_allocvec(&entry).map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = postcard::to_allocvec(&entry)
+                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             encoded.push((entry.log_id.index, bytes));
         }
         let result = self
@@ -173,7 +231,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.write(ErrorSubject::Logs, move |s, wtxn| {
-            s.log.delete_range(wtxn, &(log_id.index..)).map(|_| ()).map_err(|e| e.to_string())
+            s.log
+                .delete_range(wtxn, &(log_id.index..))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .await
     }
@@ -181,7 +242,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.write(ErrorSubject::Logs, move |s, wtxn| {
             s.put_meta(wtxn, META_PURGED, &log_id)?;
-            s.log.delete_range(wtxn, &(..=log_id.index)).map(|_| ()).map_err(|e| e.to_string())
+            s.log
+                .delete_range(wtxn, &(..=log_id.index))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .await
     }

@@ -5,9 +5,14 @@
 use super::types::{Member, TypeConfig};
 use crate::kv::{Applied, Command};
 use meridian_gateway::{Endpoint, GatewayError, ALPN_PEER};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -69,10 +74,19 @@ impl PeerNetwork {
     }
 
     /// Sends one request to a member and decodes the answer.
-    pub async fn send(&self, member: &Member, request: &PeerRequest, timeout: Duration) -> Result<PeerResponse, GatewayError> {
+    pub async fn send(
+        &self,
+        member: &Member,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, GatewayError> {
         let addr = resolve(&member.peer_addr).await?;
-        let bytes = postcard::to_allocvec(request).map_err(|e| GatewayError::Codec(e.to_string()))?;
-        let answer = self.endpoint.call(addr, &member.name, ALPN_PEER, &bytes, timeout).await?;
+        let bytes =
+            postcard::to_allocvec(request).map_err(|e| GatewayError::Codec(e.to_string()))?;
+        let answer = self
+            .endpoint
+            .call(addr, &member.name, ALPN_PEER, &bytes, timeout)
+            .await?;
         postcard::from_bytes(&answer).map_err(|e| GatewayError::Codec(e.to_string()))
     }
 }
@@ -81,8 +95,15 @@ async fn resolve(addr: &str) -> Result<SocketAddr, GatewayError> {
     if let Ok(addr) = addr.parse() {
         return Ok(addr);
     }
-    let unresolved = || GatewayError::Connect { addr: SocketAddr::from(([0, 0, 0, 0], 0)), reason: format!("cannot resolve {addr}") };
-    tokio::net::lookup_host(addr).await.map_err(|_| unresolved())?.next().ok_or_else(unresolved)
+    let unresolved = || GatewayError::Connect {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        reason: format!("cannot resolve {addr}"),
+    };
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|_| unresolved())?
+        .next()
+        .ok_or_else(unresolved)
 }
 
 /// A Raft client for one target server.
@@ -96,7 +117,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
-        PeerClient { network: self.clone(), target, member: node.clone() }
+        PeerClient {
+            network: self.clone(),
+            target,
+            member: node.clone(),
+        }
     }
 }
 
@@ -106,14 +131,21 @@ impl PeerClient {
         request: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RPCError<u64, Member, E>> {
-        self.network.send(&self.member, &request, option.hard_ttl()).await.map_err(|e| match e {
-            GatewayError::Codec(_) | GatewayError::Remote(_) => RPCError::Network(NetworkError::new(&e)),
-            other => RPCError::Unreachable(Unreachable::new(&other)),
-        })
+        self.network
+            .send(&self.member, &request, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                GatewayError::Codec(_) | GatewayError::Remote(_) => {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+                other => RPCError::Unreachable(Unreachable::new(&other)),
+            })
     }
 
     fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, Member, E> {
-        RPCError::Network(NetworkError::new(&GatewayError::Codec("unexpected answer type".into())))
+        RPCError::Network(NetworkError::new(&GatewayError::Codec(
+            "unexpected answer type".into(),
+        )))
     }
 }
 
@@ -124,7 +156,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         match self.call(PeerRequest::AppendEntries(rpc), &option).await? {
-            PeerResponse::AppendEntries(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))),
+            PeerResponse::AppendEntries(r) => r.map_err(|e| {
+                RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    self.member.clone(),
+                    e,
+                ))
+            }),
             _ => Err(self.unexpected()),
         }
     }
@@ -133,16 +171,38 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
-        match self.call(PeerRequest::InstallSnapshot(rpc), &option).await? {
-            PeerResponse::InstallSnapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))),
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self
+            .call(PeerRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            PeerResponse::InstallSnapshot(r) => r.map_err(|e| {
+                RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    self.member.clone(),
+                    e,
+                ))
+            }),
             _ => Err(self.unexpected()),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         match self.call(PeerRequest::Vote(rpc), &option).await? {
-            PeerResponse::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))),
+            PeerResponse::Vote(r) => r.map_err(|e| {
+                RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    self.member.clone(),
+                    e,
+                ))
+            }),
             _ => Err(self.unexpected()),
         }
     }

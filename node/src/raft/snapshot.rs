@@ -55,18 +55,30 @@ impl<W: Write> HashingWriter<W> {
 
 /// Writes a snapshot of `store` to `path`; `meta_of` builds openraft's meta
 /// from the applied log id and membership read in the same transaction.
-pub fn write_snapshot<F>(store: &KvStore, path: &Path, meta_of: F) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
+pub fn write_snapshot<F>(
+    store: &KvStore,
+    path: &Path,
+    meta_of: F,
+) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
 where
     F: FnOnce(Option<super::LogId>, super::StoredMembership) -> SnapshotMeta<u64, Member>,
 {
     let storage = |e: &dyn std::fmt::Display| SnapshotError::Storage(e.to_string());
     let rtxn = store.env().read_txn().map_err(|e| storage(&e))?;
-    let applied: Option<super::LogId> = store.meta_get(&rtxn, super::state_machine::META_APPLIED).map_err(|e| storage(&e))?.flatten();
-    let membership: super::StoredMembership =
-        store.meta_get(&rtxn, super::state_machine::META_MEMBERSHIP).map_err(|e| storage(&e))?.unwrap_or_default();
+    let applied: Option<super::LogId> = store
+        .meta_get(&rtxn, super::state_machine::META_APPLIED)
+        .map_err(|e| storage(&e))?
+        .flatten();
+    let membership: super::StoredMembership = store
+        .meta_get(&rtxn, super::state_machine::META_MEMBERSHIP)
+        .map_err(|e| storage(&e))?
+        .unwrap_or_default();
     let meta = meta_of(applied, membership);
     let file = std::fs::File::create(path)?;
-    let mut w = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), sum: Checksum::new() };
+    let mut w = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        sum: Checksum::new(),
+    };
     w.put(MAGIC)?;
     let header = postcard::to_allocvec(&meta).map_err(|e| storage(&e))?;
     w.put(&(header.len() as u32).to_be_bytes())?;
@@ -87,7 +99,10 @@ where
     w.put(&rows.to_be_bytes())?;
     let sum = w.sum.0;
     w.inner.write_all(&sum.to_be_bytes())?;
-    let file = w.inner.into_inner().map_err(|e| SnapshotError::Io(e.into_error()))?;
+    let file = w
+        .inner
+        .into_inner()
+        .map_err(|e| SnapshotError::Io(e.into_error()))?;
     file.sync_all()?;
     Ok(meta)
 }
@@ -100,7 +115,9 @@ struct Reader<R: Read> {
 impl<R: Read> Reader<R> {
     fn take(&mut self, n: usize) -> Result<Vec<u8>, SnapshotError> {
         let mut buf = vec![0u8; n];
-        self.inner.read_exact(&mut buf).map_err(|_| SnapshotError::Corrupt("truncated".into()))?;
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|_| SnapshotError::Corrupt("truncated".into()))?;
         self.sum.update(&buf);
         Ok(buf)
     }
@@ -112,7 +129,10 @@ impl<R: Read> Reader<R> {
 
 /// Reads only the header of a snapshot file.
 pub fn read_meta(path: &Path) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
-    let mut r = Reader { inner: BufReader::new(std::fs::File::open(path)?), sum: Checksum::new() };
+    let mut r = Reader {
+        inner: BufReader::new(std::fs::File::open(path)?),
+        sum: Checksum::new(),
+    };
     read_header(&mut r)
 }
 
@@ -134,7 +154,10 @@ fn walk<F>(path: &Path, mut visit: F) -> Result<SnapshotMeta<u64, Member>, Snaps
 where
     F: FnMut(u8, &[u8], &[u8]) -> Result<(), SnapshotError>,
 {
-    let mut r = Reader { inner: BufReader::with_capacity(1 << 20, std::fs::File::open(path)?), sum: Checksum::new() };
+    let mut r = Reader {
+        inner: BufReader::with_capacity(1 << 20, std::fs::File::open(path)?),
+        sum: Checksum::new(),
+    };
     let meta = read_header(&mut r)?;
     let mut rows: u64 = 0;
     loop {
@@ -152,11 +175,18 @@ where
     let count = r.take(8)?;
     let expected_sum = r.sum.0;
     let mut sum = [0u8; 8];
-    r.inner.read_exact(&mut sum).map_err(|_| SnapshotError::Corrupt("truncated".into()))?;
+    r.inner
+        .read_exact(&mut sum)
+        .map_err(|_| SnapshotError::Corrupt("truncated".into()))?;
     if u64::from_be_bytes(sum) != expected_sum {
         return Err(SnapshotError::Corrupt("checksum mismatch".into()));
     }
-    if u64::from_be_bytes(count.try_into().map_err(|_| SnapshotError::Corrupt("count".into()))?) != rows {
+    if u64::from_be_bytes(
+        count
+            .try_into()
+            .map_err(|_| SnapshotError::Corrupt("count".into()))?,
+    ) != rows
+    {
         return Err(SnapshotError::Corrupt("row count mismatch".into()));
     }
     Ok(meta)
@@ -184,7 +214,9 @@ pub fn install(store: &KvStore, path: &Path) -> Result<SnapshotMeta<u64, Member>
         table.clear(&mut wtxn).map_err(|e| storage(&e))?;
     }
     let meta = walk(path, |table, k, v| {
-        let (_, db) = tables.get(table as usize).ok_or_else(|| SnapshotError::Corrupt(format!("unknown table {table}")))?;
+        let (_, db) = tables
+            .get(table as usize)
+            .ok_or_else(|| SnapshotError::Corrupt(format!("unknown table {table}")))?;
         db.put(&mut wtxn, k, v).map_err(|e| storage(&e))
     })?;
     wtxn.commit().map_err(|e| storage(&e))?;

@@ -20,8 +20,16 @@ pub trait ApplyObserver: Send + Sync + 'static {
     /// A batch of entries was applied; `revision` is the store's revision after it.
     fn applied(&self, last: LogId, revision: i64, entries: usize);
     /// A snapshot was built or installed.
-    fn snapshot(&self, installed: bool, meta: &SnapshotMeta<u64, Member>, duration: std::time::Duration);
+    fn snapshot(
+        &self,
+        installed: bool,
+        meta: &SnapshotMeta<u64, Member>,
+        duration: std::time::Duration,
+    );
 }
+
+/// The answers of a batch, and its last log id with the revision after it.
+type AppliedBatch = (Vec<Applied>, Option<(LogId, i64)>);
 
 /// The state machine storage; cheap to clone.
 #[derive(Clone)]
@@ -33,23 +41,37 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Wraps the store; snapshots are kept in `snapshot_dir`.
-    pub fn new(store: KvStore, snapshot_dir: PathBuf, observer: Arc<dyn ApplyObserver>) -> std::io::Result<StateMachine> {
+    pub fn new(
+        store: KvStore,
+        snapshot_dir: PathBuf,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(StateMachine { store, snapshot_dir, observer })
+        Ok(StateMachine {
+            store,
+            snapshot_dir,
+            observer,
+        })
     }
 
-    fn apply_blocking(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(Vec<Applied>, Option<(LogId, i64)>), KvError> {
+    fn apply_blocking(&self, entries: Vec<Entry<TypeConfig>>) -> Result<AppliedBatch, KvError> {
         let env = self.store.env();
         let mut wtxn = env.write_txn()?;
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
         for entry in &entries {
             let applied = match &entry.payload {
-                EntryPayload::Blank => Applied { revision: self.store.revision(&wtxn)?, outcome: Ok(Outcome::Nothing) },
+                EntryPayload::Blank => Applied {
+                    revision: self.store.revision(&wtxn)?,
+                    outcome: Ok(Outcome::Nothing),
+                },
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                     self.store.meta_put(&mut wtxn, META_MEMBERSHIP, &stored)?;
-                    Applied { revision: self.store.revision(&wtxn)?, outcome: Ok(Outcome::Nothing) }
+                    Applied {
+                        revision: self.store.revision(&wtxn)?,
+                        outcome: Ok(Outcome::Nothing),
+                    }
                 }
                 EntryPayload::Normal(command) => self.apply_command(&mut wtxn, command)?,
             };
@@ -57,7 +79,8 @@ impl StateMachine {
             results.push(applied);
         }
         if let Some((log_id, _)) = last {
-            self.store.meta_put(&mut wtxn, META_APPLIED, &Some(log_id))?;
+            self.store
+                .meta_put(&mut wtxn, META_APPLIED, &Some(log_id))?;
         }
         wtxn.commit()?;
         Ok((results, last))
@@ -76,20 +99,32 @@ impl StateMachine {
                 Ok(outcome) => {
                     let revision = writer.finish()?;
                     nested.commit()?;
-                    Ok(Applied { revision, outcome: Ok(outcome) })
+                    Ok(Applied {
+                        revision,
+                        outcome: Ok(outcome),
+                    })
                 }
                 Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
                 Err(e) => {
                     nested.abort();
-                    Ok(Applied { revision: before, outcome: Err(e) })
+                    Ok(Applied {
+                        revision: before,
+                        outcome: Err(e),
+                    })
                 }
             };
         }
         let mut writer = KvWriter::new(self.store, wtxn)?;
         match writer.apply(command) {
-            Ok(outcome) => Ok(Applied { revision: writer.finish()?, outcome: Ok(outcome) }),
+            Ok(outcome) => Ok(Applied {
+                revision: writer.finish()?,
+                outcome: Ok(outcome),
+            }),
             Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
-            Err(e) => Ok(Applied { revision: before, outcome: Err(e) }),
+            Err(e) => Ok(Applied {
+                revision: before,
+                outcome: Err(e),
+            }),
         }
     }
 
@@ -108,15 +143,25 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let start = std::time::Instant::now();
         let meta = tokio::task::spawn_blocking(move || {
             // Everything the snapshot holds must be on disk before the log below it may be purged.
-            this.store.env().force_sync().map_err(|e| SnapshotError::Storage(e.to_string()))?;
-            let tmp = this.snapshot_dir.join(format!("building-{}.snap", std::process::id()));
-            let meta = snapshot::write_snapshot(&this.store, &tmp, |last_log_id, last_membership| {
-                let snapshot_id = match last_log_id {
-                    Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, now_millis()),
-                    None => format!("0-0-{}", now_millis()),
-                };
-                SnapshotMeta { last_log_id, last_membership, snapshot_id }
-            })?;
+            this.store
+                .env()
+                .force_sync()
+                .map_err(|e| SnapshotError::Storage(e.to_string()))?;
+            let tmp = this
+                .snapshot_dir
+                .join(format!("building-{}.snap", std::process::id()));
+            let meta =
+                snapshot::write_snapshot(&this.store, &tmp, |last_log_id, last_membership| {
+                    let snapshot_id = match last_log_id {
+                        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, now_millis()),
+                        None => format!("0-0-{}", now_millis()),
+                    };
+                    SnapshotMeta {
+                        last_log_id,
+                        last_membership,
+                        snapshot_id,
+                    }
+                })?;
             std::fs::rename(&tmp, this.current_snapshot_path())?;
             Ok::<_, SnapshotError>(meta)
         })
@@ -127,22 +172,37 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let file = tokio::fs::File::open(self.current_snapshot_path())
             .await
             .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
 fn now_millis() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let read = |e: &dyn std::fmt::Display| storage_io(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        let read =
+            |e: &dyn std::fmt::Display| storage_io(ErrorSubject::StateMachine, ErrorVerb::Read, e);
         let rtxn = self.store.env().read_txn().map_err(|e| read(&e))?;
-        let applied: Option<LogId> = self.store.meta_get(&rtxn, META_APPLIED).map_err(|e| read(&e))?.flatten();
-        let membership: StoredMembership = self.store.meta_get(&rtxn, META_MEMBERSHIP).map_err(|e| read(&e))?.unwrap_or_default();
+        let applied: Option<LogId> = self
+            .store
+            .meta_get(&rtxn, META_APPLIED)
+            .map_err(|e| read(&e))?
+            .flatten();
+        let membership: StoredMembership = self
+            .store
+            .meta_get(&rtxn, META_MEMBERSHIP)
+            .map_err(|e| read(&e))?
+            .unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -181,11 +241,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<u64, Member>, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
-        snapshot
-            .sync_all()
-            .await
-            .map_err(|e| storage_io(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        snapshot.sync_all().await.map_err(|e| {
+            storage_io(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
         drop(snapshot);
         let this = self.clone();
         let expected = meta.clone();
@@ -194,7 +261,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let path = this.snapshot_dir.join(INCOMING_SNAPSHOT);
             let installed = snapshot::install(&this.store, &path)?;
             if installed.last_log_id != expected.last_log_id {
-                return Err(SnapshotError::Corrupt("snapshot header does not match the leader's meta".into()));
+                return Err(SnapshotError::Corrupt(
+                    "snapshot header does not match the leader's meta".into(),
+                ));
             }
             std::fs::rename(&path, this.current_snapshot_path())?;
             Ok(installed)
@@ -215,6 +284,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
     }
 }

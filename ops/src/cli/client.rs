@@ -4,7 +4,8 @@ use anyhow::{anyhow, Result};
 use serde_json::Value;
 
 /// Default endpoints: the client ports of `meridian dev` with its default base port.
-pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:2379,http://127.0.0.1:2389,http://127.0.0.1:2399";
+pub const DEFAULT_ENDPOINTS: &str =
+    "http://127.0.0.1:2379,http://127.0.0.1:2389,http://127.0.0.1:2399";
 
 /// Where the servers are.
 #[derive(clap::Args, Clone)]
@@ -24,11 +25,18 @@ impl Endpoints {
             match client.post(&url).json(body).send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    let value: Value = resp.json().await.map_err(|e| anyhow!("{url}: unreadable answer: {e}"))?;
+                    let value: Value = resp
+                        .json()
+                        .await
+                        .map_err(|e| anyhow!("{url}: unreadable answer: {e}"))?;
                     if status.is_success() {
                         return Ok(value);
                     }
-                    let message = value.get("message").or_else(|| value.get("error")).and_then(Value::as_str).unwrap_or("unknown error");
+                    let message = value
+                        .get("message")
+                        .or_else(|| value.get("error"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error");
                     return Err(anyhow!("{message} (HTTP {})", status.as_u16()));
                 }
                 Err(e) => last = Some(anyhow!("{url}: {e}")),

@@ -31,11 +31,19 @@ const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 
 pub async fn run(args: Args) -> Result<()> {
     if args.base_port > u16::MAX - 30 {
-        anyhow::bail!("--base-port {} leaves no room for three servers", args.base_port);
+        anyhow::bail!(
+            "--base-port {} leaves no room for three servers",
+            args.base_port
+        );
     }
     let temp = match &args.data_dir {
         Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("meridian-dev-").tempdir().context("temporary directory")?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("meridian-dev-")
+                .tempdir()
+                .context("temporary directory")?,
+        ),
     };
     let root = match (&args.data_dir, &temp) {
         (Some(d), _) => d.clone(),
@@ -53,7 +61,10 @@ pub async fn run(args: Args) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let m = InitialMember { peer_addr: addr(client_port(i) + 1).to_string(), client_url: format!("http://{}", addr(client_port(i))) };
+            let m = InitialMember {
+                peer_addr: addr(client_port(i) + 1).to_string(),
+                client_url: format!("http://{}", addr(client_port(i))),
+            };
             (n.to_string(), m)
         })
         .collect();
@@ -73,9 +84,22 @@ pub async fn run(args: Args) -> Result<()> {
             limits: Limits::default(),
         };
         running.push(crate::server::start(config).await?);
-        println!("dc={} name={} client=http://{}", args.datacenter, name, addr(client_port(i)));
+        println!(
+            "dc={} name={} client=http://{}",
+            args.datacenter,
+            name,
+            addr(client_port(i))
+        );
     }
-    println!("data: {}{}", root.display(), if temp.is_some() { " (removed on exit)" } else { "" });
+    println!(
+        "data: {}{}",
+        root.display(),
+        if temp.is_some() {
+            " (removed on exit)"
+        } else {
+            ""
+        }
+    );
     super::agent::wait_for_signal().await;
     for r in running {
         r.stop().await;

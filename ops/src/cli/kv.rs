@@ -54,7 +54,10 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn text(v: Option<&Value>) -> String {
-    let bytes = v.and_then(Value::as_str).and_then(|s| STANDARD.decode(s).ok()).unwrap_or_default();
+    let bytes = v
+        .and_then(Value::as_str)
+        .and_then(|s| STANDARD.decode(s).ok())
+        .unwrap_or_default();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -62,7 +65,11 @@ pub async fn run(args: Args) -> Result<()> {
     let ep = &args.endpoints;
     match args.command {
         Command::Put { key, value } => {
-            ep.post("/v3/kv/put", &json!({ "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) })).await?;
+            ep.post(
+                "/v3/kv/put",
+                &json!({ "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) }),
+            )
+            .await?;
             println!("OK");
         }
         Command::Get { key, prefix, rev } => {
@@ -74,7 +81,12 @@ pub async fn run(args: Args) -> Result<()> {
                 req["revision"] = json!(rev.to_string());
             }
             let resp = ep.post("/v3/kv/range", &req).await?;
-            for kv in resp.get("kvs").and_then(Value::as_array).into_iter().flatten() {
+            for kv in resp
+                .get("kvs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 println!("{}", text(kv.get("key")));
                 println!("{}", text(kv.get("value")));
             }
@@ -85,7 +97,10 @@ pub async fn run(args: Args) -> Result<()> {
                 req["range_end"] = json!(b64(&prefix_end(key.as_bytes())));
             }
             let resp = ep.post("/v3/kv/deleterange", &req).await?;
-            println!("{}", resp.get("deleted").and_then(Value::as_str).unwrap_or("0"));
+            println!(
+                "{}",
+                resp.get("deleted").and_then(Value::as_str).unwrap_or("0")
+            );
         }
     }
     Ok(())

@@ -26,12 +26,41 @@ fn s(v: &Value, k: &str) -> String {
 pub async fn run(args: Args) -> Result<()> {
     match args.command {
         Command::List => {
-            let resp = args.endpoints.post("/v3/cluster/member/list", &json!({})).await?;
-            for m in resp.get("members").and_then(Value::as_array).into_iter().flatten() {
-                let client = m.get("clientURLs").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
-                let peer = m.get("peerURLs").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
-                let role = if m.get("isLearner").and_then(Value::as_bool).unwrap_or(false) { "learner" } else { "voter" };
-                println!("{}, {}, {}, {}, {}", s(m, "ID"), s(m, "name"), peer, client, role);
+            let resp = args
+                .endpoints
+                .post("/v3/cluster/member/list", &json!({}))
+                .await?;
+            for m in resp
+                .get("members")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let client = m
+                    .get("clientURLs")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.first())
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let peer = m
+                    .get("peerURLs")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.first())
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let role = if m.get("isLearner").and_then(Value::as_bool).unwrap_or(false) {
+                    "learner"
+                } else {
+                    "voter"
+                };
+                println!(
+                    "{}, {}, {}, {}, {}",
+                    s(m, "ID"),
+                    s(m, "name"),
+                    peer,
+                    client,
+                    role
+                );
             }
         }
     }
@@ -42,7 +71,9 @@ pub async fn run(args: Args) -> Result<()> {
 pub async fn status(endpoints: Endpoints) -> Result<()> {
     let mut failures = 0;
     for endpoint in &endpoints.endpoints {
-        let one = Endpoints { endpoints: vec![endpoint.clone()] };
+        let one = Endpoints {
+            endpoints: vec![endpoint.clone()],
+        };
         match one.post("/v3/maintenance/status", &json!({})).await {
             Ok(v) => {
                 let header = v.get("header").cloned().unwrap_or_default();

@@ -27,7 +27,11 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Init { dir, names } => {
             meridian_gateway::tls::generate(&dir, &names).context("tls init")?;
-            println!("wrote CA and certificates for {} to {}", names.join(", "), dir.display());
+            println!(
+                "wrote CA and certificates for {} to {}",
+                names.join(", "),
+                dir.display()
+            );
             Ok(())
         }
     }

@@ -12,9 +12,16 @@ use std::time::{Duration, Instant};
 /// The `meridian` binary built beside this test executable.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let bin = dir.join("meridian");
-    assert!(bin.exists(), "{} is missing: run the workspace tests (`cargo test --workspace`), which build it", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests (`cargo test --workspace`), which build it",
+        bin.display()
+    );
     bin
 }
 
@@ -22,7 +29,10 @@ pub fn binary() -> PathBuf {
 pub fn free_ports() -> (u16, u16) {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port())
+    (
+        tcp.local_addr().unwrap().port(),
+        udp.local_addr().unwrap().port(),
+    )
 }
 
 pub fn b64(s: &[u8]) -> String {
@@ -30,7 +40,9 @@ pub fn b64(s: &[u8]) -> String {
 }
 
 pub fn unb64(v: &Value) -> Vec<u8> {
-    v.as_str().and_then(|s| STANDARD.decode(s).ok()).unwrap_or_default()
+    v.as_str()
+        .and_then(|s| STANDARD.decode(s).ok())
+        .unwrap_or_default()
 }
 
 /// One server of a test datacenter.
@@ -57,7 +69,10 @@ pub struct RaftTuning {
 
 impl Default for RaftTuning {
     fn default() -> Self {
-        RaftTuning { snapshot_logs: 10_000, purge_lag_logs: 1_000 }
+        RaftTuning {
+            snapshot_logs: 10_000,
+            purge_lag_logs: 1_000,
+        }
     }
 }
 
@@ -82,7 +97,9 @@ impl Cluster {
         let members: String = names
             .iter()
             .zip(&ports)
-            .map(|(n, (c, p))| format!("{n} = {{ peer = \"127.0.0.1:{p}\", client = \"http://127.0.0.1:{c}\" }}\n"))
+            .map(|(n, (c, p))| {
+                format!("{n} = {{ peer = \"127.0.0.1:{p}\", client = \"http://127.0.0.1:{c}\" }}\n")
+            })
             .collect();
         let mut servers = Vec::new();
         for (name, (client, peer)) in names.iter().zip(&ports) {
@@ -119,7 +136,11 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) {
         let s = &mut self.servers[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&s.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+            .expect("log file");
         let child = Command::new(binary())
             .arg("agent")
             .arg("--config")
@@ -158,14 +179,23 @@ impl Cluster {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/ready", self.url(i))).timeout(Duration::from_secs(5)).send().await {
+            if let Ok(r) = client
+                .get(format!("{}/ready", self.url(i)))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("server {} not ready within 30s; log:\n{}", self.servers[i].name, self.log(i));
+        panic!(
+            "server {} not ready within 30s; log:\n{}",
+            self.servers[i].name,
+            self.log(i)
+        );
     }
 
     pub async fn wait_ready_all(&self) {
@@ -203,7 +233,12 @@ impl Drop for Cluster {
 }
 
 pub async fn get_json(url: &str) -> Result<Value, String> {
-    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.map_err(|e| e.to_string())?;
+    let r = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     r.json().await.map_err(|e| e.to_string())
 }
 
@@ -213,7 +248,13 @@ pub async fn post(url: &str, body: &Value) -> Result<(u16, Value), String> {
 }
 
 pub async fn post_raw(url: &str, body: Vec<u8>) -> Result<(u16, Value), String> {
-    let r = reqwest::Client::new().post(url).body(body).timeout(Duration::from_secs(10)).send().await.map_err(|e| e.to_string())?;
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
     let text = r.text().await.map_err(|e| e.to_string())?;
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -221,14 +262,25 @@ pub async fn post_raw(url: &str, body: Vec<u8>) -> Result<(u16, Value), String> 
 }
 
 pub async fn put(base: &str, key: &str, value: &str) -> Result<(u16, Value), String> {
-    post(&format!("{base}/v3/kv/put"), &json!({ "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) })).await
+    post(
+        &format!("{base}/v3/kv/put"),
+        &json!({ "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) }),
+    )
+    .await
 }
 
 /// Serializable or linearizable range of one key; returns the value if present.
 pub async fn get(base: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>, String> {
-    let (status, v) = post(&format!("{base}/v3/kv/range"), &json!({ "key": b64(key.as_bytes()), "serializable": serializable })).await?;
+    let (status, v) = post(
+        &format!("{base}/v3/kv/range"),
+        &json!({ "key": b64(key.as_bytes()), "serializable": serializable }),
+    )
+    .await?;
     if status != 200 {
         return Err(format!("HTTP {status}: {v}"));
     }
-    Ok(v["kvs"].as_array().and_then(|a| a.first()).map(|kv| unb64(&kv["value"])))
+    Ok(v["kvs"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|kv| unb64(&kv["value"])))
 }

@@ -2,8 +2,6 @@
 
 use super::*;
 
-
-
 fn store() -> (tempfile::TempDir, KvStore) {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::store::open_env(dir.path(), crate::store::EnvKind::State).unwrap();
@@ -26,7 +24,16 @@ fn apply(store: &KvStore, cmd: Command) -> Result<(i64, Outcome), KvError> {
 }
 
 fn put(store: &KvStore, k: &str, v: &str) -> i64 {
-    apply(store, Command::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })).unwrap().0
+    apply(
+        store,
+        Command::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap()
+    .0
 }
 
 fn range(store: &KvStore, req: RangeRequest) -> Result<RangeResponse, KvError> {
@@ -35,7 +42,17 @@ fn range(store: &KvStore, req: RangeRequest) -> Result<RangeResponse, KvError> {
 }
 
 fn get(store: &KvStore, k: &str, rev: i64) -> Option<KeyValue> {
-    range(store, RangeRequest { key: k.into(), revision: rev, ..Default::default() }).unwrap().kvs.pop()
+    range(
+        store,
+        RangeRequest {
+            key: k.into(),
+            revision: rev,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .kvs
+    .pop()
 }
 
 #[test]
@@ -45,13 +62,35 @@ fn revisions_versions_and_reads_at_old_revisions() {
     assert_eq!(put(&s, "b", "x"), 2);
     assert_eq!(put(&s, "a", "2"), 3);
     let a = get(&s, "a", 0).unwrap();
-    assert_eq!((a.create_revision, a.mod_revision, a.version, a.value.as_slice()), (1, 3, 2, b"2".as_slice()));
+    assert_eq!(
+        (
+            a.create_revision,
+            a.mod_revision,
+            a.version,
+            a.value.as_slice()
+        ),
+        (1, 3, 2, b"2".as_slice())
+    );
     assert_eq!(get(&s, "a", 1).unwrap().value, b"1");
     assert_eq!(get(&s, "a", 2).unwrap().value, b"1");
     assert!(get(&s, "b", 1).is_none());
-    let (rev, out) = apply(&s, Command::DeleteRange(DeleteRangeRequest { key: "a".into(), prev_kv: true, ..Default::default() })).unwrap();
+    let (rev, out) = apply(
+        &s,
+        Command::DeleteRange(DeleteRangeRequest {
+            key: "a".into(),
+            prev_kv: true,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
     assert_eq!(rev, 4);
-    match out { Outcome::DeleteRange(d) => assert_eq!((d.deleted, d.prev_kvs[0].value.as_slice()), (1, b"2".as_slice())), o => panic!("{o:?}") }
+    match out {
+        Outcome::DeleteRange(d) => assert_eq!(
+            (d.deleted, d.prev_kvs[0].value.as_slice()),
+            (1, b"2".as_slice())
+        ),
+        o => panic!("{o:?}"),
+    }
     assert!(get(&s, "a", 0).is_none());
     assert_eq!(get(&s, "a", 3).unwrap().value, b"2");
     // Re-creating starts a new generation.
@@ -59,37 +98,150 @@ fn revisions_versions_and_reads_at_old_revisions() {
     let a = get(&s, "a", 0).unwrap();
     assert_eq!((a.create_revision, a.version), (5, 1));
     // A delete of nothing does not bump the revision.
-    let (rev, _) = apply(&s, Command::DeleteRange(DeleteRangeRequest { key: "zz".into(), ..Default::default() })).unwrap();
+    let (rev, _) = apply(
+        &s,
+        Command::DeleteRange(DeleteRangeRequest {
+            key: "zz".into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
     assert_eq!(rev, 5);
-    assert_eq!(range(&s, RangeRequest { key: "a".into(), revision: 6, ..Default::default() }), Err(KvError::FutureRevision));
+    assert_eq!(
+        range(
+            &s,
+            RangeRequest {
+                key: "a".into(),
+                revision: 6,
+                ..Default::default()
+            }
+        ),
+        Err(KvError::FutureRevision)
+    );
 }
 
 #[test]
 fn ranges_with_prefix_all_keys_limit_sort_and_filters() {
     let (_d, s) = store();
-    for (k, v) in [("k1", "c"), ("k2", "b"), ("k3", "a"), ("k\0", "z"), ("l", "q")] {
+    for (k, v) in [
+        ("k1", "c"),
+        ("k2", "b"),
+        ("k3", "a"),
+        ("k\0", "z"),
+        ("l", "q"),
+    ] {
         put(&s, k, v);
     }
-    let r = range(&s, RangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() }).unwrap();
+    let r = range(
+        &s,
+        RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
-    assert_eq!(keys, vec![b"k\0".to_vec(), b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()]);
+    assert_eq!(
+        keys,
+        vec![
+            b"k\0".to_vec(),
+            b"k1".to_vec(),
+            b"k2".to_vec(),
+            b"k3".to_vec()
+        ]
+    );
     assert_eq!(r.count, 4);
-    let all = range(&s, RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap();
+    let all = range(
+        &s,
+        RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(all.count, 5);
-    let lim = range(&s, RangeRequest { key: "k".into(), range_end: "l".into(), limit: 2, ..Default::default() }).unwrap();
+    let lim = range(
+        &s,
+        RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!((lim.kvs.len(), lim.more, lim.count), (2, true, 4));
-    let by_value = range(&s, RangeRequest { key: "k".into(), range_end: "l".into(), sort_target: SortTarget::Value, ..Default::default() }).unwrap();
+    let by_value = range(
+        &s,
+        RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            sort_target: SortTarget::Value,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(by_value.kvs[0].value, b"a");
-    let desc = range(&s, RangeRequest { key: "k".into(), range_end: "l".into(), sort_order: SortOrder::Descend, limit: 1, ..Default::default() }).unwrap();
-    assert_eq!((desc.kvs[0].key.as_slice(), desc.more), (b"k3".as_slice(), true));
-    let filtered = range(&s, RangeRequest { key: "k".into(), range_end: "l".into(), min_mod_revision: 2, max_mod_revision: 3, ..Default::default() }).unwrap();
+    let desc = range(
+        &s,
+        RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            sort_order: SortOrder::Descend,
+            limit: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (desc.kvs[0].key.as_slice(), desc.more),
+        (b"k3".as_slice(), true)
+    );
+    let filtered = range(
+        &s,
+        RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            min_mod_revision: 2,
+            max_mod_revision: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(filtered.kvs.len(), 2);
     assert_eq!(filtered.count, 4, "count ignores filters as etcd does");
-    let keys_only = range(&s, RangeRequest { key: "k1".into(), keys_only: true, ..Default::default() }).unwrap();
+    let keys_only = range(
+        &s,
+        RangeRequest {
+            key: "k1".into(),
+            keys_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(keys_only.kvs[0].value.is_empty());
-    let count_only = range(&s, RangeRequest { key: "k".into(), range_end: "l".into(), count_only: true, ..Default::default() }).unwrap();
+    let count_only = range(
+        &s,
+        RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            count_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!((count_only.kvs.len(), count_only.count), (0, 4));
-    let backwards = range(&s, RangeRequest { key: "l".into(), range_end: "k".into(), ..Default::default() }).unwrap();
+    let backwards = range(
+        &s,
+        RangeRequest {
+            key: "l".into(),
+            range_end: "k".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(backwards.count, 0);
 }
 
@@ -98,11 +250,27 @@ fn txn_compares_branches_and_sees_its_own_writes_at_one_revision() {
     let (_d, s) = store();
     put(&s, "a", "1");
     let txn = TxnRequest {
-        compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Value("1".into()), key: "a".into(), range_end: vec![] }],
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Value("1".into()),
+            key: "a".into(),
+            range_end: vec![],
+        }],
         success: vec![
-            RequestOp::Put(PutRequest { key: "a".into(), value: "2".into(), ..Default::default() }),
-            RequestOp::Put(PutRequest { key: "b".into(), value: "x".into(), ..Default::default() }),
-            RequestOp::Range(RangeRequest { key: "a".into(), ..Default::default() }),
+            RequestOp::Put(PutRequest {
+                key: "a".into(),
+                value: "2".into(),
+                ..Default::default()
+            }),
+            RequestOp::Put(PutRequest {
+                key: "b".into(),
+                value: "x".into(),
+                ..Default::default()
+            }),
+            RequestOp::Range(RangeRequest {
+                key: "a".into(),
+                ..Default::default()
+            }),
         ],
         failure: vec![],
     };
@@ -110,8 +278,13 @@ fn txn_compares_branches_and_sees_its_own_writes_at_one_revision() {
     assert_eq!(rev, 2);
     let Outcome::Txn(t) = out else { panic!() };
     assert!(t.succeeded);
-    let ResponseOp::Range(r) = &t.responses[2] else { panic!() };
-    assert_eq!((r.kvs[0].value.as_slice(), r.kvs[0].mod_revision), (b"2".as_slice(), 2));
+    let ResponseOp::Range(r) = &t.responses[2] else {
+        panic!()
+    };
+    assert_eq!(
+        (r.kvs[0].value.as_slice(), r.kvs[0].mod_revision),
+        (b"2".as_slice(), 2)
+    );
     assert_eq!(get(&s, "b", 0).unwrap().mod_revision, 2);
     // Same compare now fails and runs the empty failure branch without a new revision.
     let (rev, out) = apply(&s, Command::Txn(txn)).unwrap();
@@ -119,10 +292,28 @@ fn txn_compares_branches_and_sees_its_own_writes_at_one_revision() {
     let Outcome::Txn(t) = out else { panic!() };
     assert!(!t.succeeded);
     // Value compare on a missing key fails; version compare treats it as zero.
-    let missing = |target| TxnRequest { compare: vec![Compare { result: CompareResult::Equal, target, key: "nope".into(), range_end: vec![] }], ..Default::default() };
-    let Outcome::Txn(t) = apply(&s, Command::Txn(missing(CompareTarget::Value(vec![])))).unwrap().1 else { panic!() };
+    let missing = |target| TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target,
+            key: "nope".into(),
+            range_end: vec![],
+        }],
+        ..Default::default()
+    };
+    let Outcome::Txn(t) = apply(&s, Command::Txn(missing(CompareTarget::Value(vec![]))))
+        .unwrap()
+        .1
+    else {
+        panic!()
+    };
     assert!(!t.succeeded);
-    let Outcome::Txn(t) = apply(&s, Command::Txn(missing(CompareTarget::Version(0)))).unwrap().1 else { panic!() };
+    let Outcome::Txn(t) = apply(&s, Command::Txn(missing(CompareTarget::Version(0))))
+        .unwrap()
+        .1
+    else {
+        panic!()
+    };
     assert!(t.succeeded);
 }
 
@@ -131,8 +322,16 @@ fn a_failing_operation_aborts_the_whole_txn() {
     let (_d, s) = store();
     let txn = TxnRequest {
         success: vec![
-            RequestOp::Put(PutRequest { key: "a".into(), value: "1".into(), ..Default::default() }),
-            RequestOp::Put(PutRequest { key: "b".into(), ignore_value: true, ..Default::default() }),
+            RequestOp::Put(PutRequest {
+                key: "a".into(),
+                value: "1".into(),
+                ..Default::default()
+            }),
+            RequestOp::Put(PutRequest {
+                key: "b".into(),
+                ignore_value: true,
+                ..Default::default()
+            }),
         ],
         ..Default::default()
     };
@@ -144,13 +343,45 @@ fn a_failing_operation_aborts_the_whole_txn() {
 
 #[test]
 fn duplicate_keys_and_too_many_ops_are_refused_before_proposal() {
-    let p = |k: &str| RequestOp::Put(PutRequest { key: k.into(), ..Default::default() });
-    assert_eq!(check_txn(&TxnRequest { success: vec![p("a"), p("a")], ..Default::default() }), Err(KvError::DuplicateKey));
-    let del = RequestOp::DeleteRange(DeleteRangeRequest { key: "a".into(), range_end: "c".into(), prev_kv: false });
-    assert_eq!(check_txn(&TxnRequest { success: vec![p("b"), del], ..Default::default() }), Err(KvError::DuplicateKey));
-    assert!(check_txn(&TxnRequest { success: vec![p("a")], failure: vec![p("a")], ..Default::default() }).is_ok());
+    let p = |k: &str| {
+        RequestOp::Put(PutRequest {
+            key: k.into(),
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        check_txn(&TxnRequest {
+            success: vec![p("a"), p("a")],
+            ..Default::default()
+        }),
+        Err(KvError::DuplicateKey)
+    );
+    let del = RequestOp::DeleteRange(DeleteRangeRequest {
+        key: "a".into(),
+        range_end: "c".into(),
+        prev_kv: false,
+    });
+    assert_eq!(
+        check_txn(&TxnRequest {
+            success: vec![p("b"), del],
+            ..Default::default()
+        }),
+        Err(KvError::DuplicateKey)
+    );
+    assert!(check_txn(&TxnRequest {
+        success: vec![p("a")],
+        failure: vec![p("a")],
+        ..Default::default()
+    })
+    .is_ok());
     let many: Vec<_> = (0..129).map(|i| p(&i.to_string())).collect();
-    assert_eq!(check_txn(&TxnRequest { success: many, ..Default::default() }), Err(KvError::TooManyOps));
+    assert_eq!(
+        check_txn(&TxnRequest {
+            success: many,
+            ..Default::default()
+        }),
+        Err(KvError::TooManyOps)
+    );
 }
 
 #[test]
@@ -159,10 +390,34 @@ fn compaction_removes_superseded_history_and_keeps_current_state() {
     put(&s, "a", "1"); // 1
     put(&s, "a", "2"); // 2
     put(&s, "b", "1"); // 3
-    apply(&s, Command::DeleteRange(DeleteRangeRequest { key: "b".into(), ..Default::default() })).unwrap(); // 4
+    apply(
+        &s,
+        Command::DeleteRange(DeleteRangeRequest {
+            key: "b".into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap(); // 4
     put(&s, "a", "3"); // 5
-    apply(&s, Command::Compact(CompactionRequest { revision: 4, physical: true })).unwrap();
-    assert_eq!(range(&s, RangeRequest { key: "a".into(), revision: 3, ..Default::default() }), Err(KvError::Compacted));
+    apply(
+        &s,
+        Command::Compact(CompactionRequest {
+            revision: 4,
+            physical: true,
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        range(
+            &s,
+            RangeRequest {
+                key: "a".into(),
+                revision: 3,
+                ..Default::default()
+            }
+        ),
+        Err(KvError::Compacted)
+    );
     assert_eq!(get(&s, "a", 4).unwrap().value, b"2");
     assert!(get(&s, "b", 4).is_none());
     assert_eq!(get(&s, "a", 5).unwrap().value, b"3");
@@ -171,11 +426,36 @@ fn compaction_removes_superseded_history_and_keeps_current_state() {
     let rows = s.tables()[0].1.len(&rtxn).unwrap();
     assert_eq!(rows, 3);
     drop(rtxn);
-    assert_eq!(apply(&s, Command::Compact(CompactionRequest { revision: 4, physical: true })), Err(KvError::Compacted));
-    assert_eq!(apply(&s, Command::Compact(CompactionRequest { revision: 9, physical: true })), Err(KvError::FutureRevision));
+    assert_eq!(
+        apply(
+            &s,
+            Command::Compact(CompactionRequest {
+                revision: 4,
+                physical: true
+            })
+        ),
+        Err(KvError::Compacted)
+    );
+    assert_eq!(
+        apply(
+            &s,
+            Command::Compact(CompactionRequest {
+                revision: 9,
+                physical: true
+            })
+        ),
+        Err(KvError::FutureRevision)
+    );
     // A later compaction removes rows superseded after the first one.
     put(&s, "a", "4"); // 6
-    apply(&s, Command::Compact(CompactionRequest { revision: 6, physical: true })).unwrap();
+    apply(
+        &s,
+        Command::Compact(CompactionRequest {
+            revision: 6,
+            physical: true,
+        }),
+    )
+    .unwrap();
     let rtxn = s.env().read_txn().unwrap();
     assert_eq!(s.tables()[0].1.len(&rtxn).unwrap(), 1);
     assert_eq!(s.key_count(&rtxn).unwrap(), 1);
