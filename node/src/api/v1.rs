@@ -111,18 +111,6 @@ fn key_of(uri: &Uri) -> Result<Vec<u8>, Response> {
     Ok(decoded)
 }
 
-/// The end of the range holding every key with this prefix.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 fn text_or_base64(o: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
     use base64::Engine;
     match std::str::from_utf8(bytes) {

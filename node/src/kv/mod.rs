@@ -9,3 +9,15 @@ mod types;
 pub use error::{grpc_code, KvError};
 pub use mvcc::{check_txn, KvStore, KvWriter, TXN_OPS_MAX};
 pub use types::*;
+
+/// The range end covering every key that starts with `prefix` (etcd's prefix rule).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

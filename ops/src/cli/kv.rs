@@ -4,6 +4,7 @@ use super::client::Endpoints;
 use anyhow::Result;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use meridian_node::kv::prefix_end;
 use serde_json::{json, Value};
 
 /// Arguments of `kv`.
@@ -36,17 +37,6 @@ enum Command {
         #[arg(long)]
         prefix: bool,
     },
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn b64(bytes: &[u8]) -> String {
