@@ -437,16 +437,21 @@ impl Node {
         }
     }
 
+    fn read_txn(&self) -> Result<heed::RoTxn<'static, heed::WithoutTls>, NodeError> {
+        self.inner
+            .store
+            .env()
+            .read_txn()
+            .map_err(|e| NodeError::Storage(e.to_string()))
+    }
+
     /// etcd's range: linearizable unless `serializable`.
     pub async fn range(&self, req: RangeRequest) -> Result<(Header, RangeResponse), NodeError> {
         if !req.serializable {
             self.read_barrier().await?;
         }
         let store = self.inner.store;
-        let rtxn = store
-            .env()
-            .read_txn()
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let rtxn = self.read_txn()?;
         let revision = store.revision(&rtxn)?;
         let response = store.range(&rtxn, &req)?;
         Ok((self.header(revision), response))
@@ -509,10 +514,7 @@ impl Node {
     pub fn status(&self) -> Result<Status, NodeError> {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let store = self.inner.store;
-        let rtxn = store
-            .env()
-            .read_txn()
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let rtxn = self.read_txn()?;
         let revision = store.revision(&rtxn)?;
         Ok(Status {
             header: Header {

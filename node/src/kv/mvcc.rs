@@ -321,16 +321,15 @@ fn to_kv(key: Vec<u8>, mod_revision: i64, record: &Record, with_value: bool) -> 
 
 /// Applies writes of one Raft entry inside the caller's write transaction.
 /// All writes of one command share one main revision; each gets the next sub revision.
-pub struct KvWriter<'s, 't, 'e> {
+pub struct KvWriter<'t, 'e> {
     store: KvStore,
     txn: &'t mut RwTxn<'e>,
     revision: i64,
     sub: u32,
     keys_delta: i64,
-    _store: std::marker::PhantomData<&'s ()>,
 }
 
-impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
+impl<'t, 'e> KvWriter<'t, 'e> {
     /// Starts a command at the store's current revision.
     pub fn new(store: KvStore, txn: &'t mut RwTxn<'e>) -> Result<Self, KvError> {
         let revision = store.revision(txn)?;
@@ -340,7 +339,6 @@ impl<'s, 't, 'e> KvWriter<'s, 't, 'e> {
             revision,
             sub: 0,
             keys_delta: 0,
-            _store: std::marker::PhantomData,
         })
     }
 
