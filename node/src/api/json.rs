@@ -405,7 +405,8 @@ pub fn delete_response(h: Option<&Header>, r: &DeleteRangeResponse) -> Value {
     with_header(h, o)
 }
 
-/// Encodes a TxnResponse; answers inside carry a header with only the revision, as etcd's do.
+/// Encodes a TxnResponse; answers inside carry a header with only the
+/// revision (a nested txn's own header is empty), as etcd's do.
 pub fn txn_response(h: Option<&Header>, r: &TxnResponse) -> Value {
     let inner = h.map(|h| Header {
         cluster_id: 0,
@@ -427,7 +428,14 @@ pub fn txn_response(h: Option<&Header>, r: &TxnResponse) -> Value {
                 ResponseOp::DeleteRange(x) => {
                     json!({ "response_delete_range": delete_response(inner.as_ref(), x) })
                 }
-                ResponseOp::Txn(x) => json!({ "response_txn": txn_response(inner.as_ref(), x) }),
+                ResponseOp::Txn(x) => {
+                    // etcd leaves a nested txn's own header empty.
+                    let mut t = txn_response(inner.as_ref(), x);
+                    if h.is_some() {
+                        t["header"] = json!({});
+                    }
+                    json!({ "response_txn": t })
+                }
             })
             .collect();
         o.insert("responses".into(), Value::Array(ops));

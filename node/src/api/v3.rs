@@ -19,10 +19,27 @@ fn check_sizes(node: &Node, key: &[u8], value: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
+/// A non-empty `range_end` other than "\0" (to the end) must be above `key`.
+/// etcd answers an empty result instead; Meridian names the mistake.
+fn check_range_end(key: &[u8], range_end: &[u8]) -> Result<(), KvError> {
+    if !range_end.is_empty() && range_end != b"\0" && range_end <= key {
+        return Err(KvError::InvalidArgument(
+            "etcdserver: range_end must be above key (or \"\\0\" for all keys from key on)".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn check_range(node: &Node, r: &RangeRequest) -> Result<(), KvError> {
     if r.key.is_empty() {
         return Err(KvError::EmptyKey);
     }
+    if r.revision < 0 {
+        return Err(KvError::InvalidArgument(
+            "etcdserver: revision must not be negative (0 reads the current revision)".into(),
+        ));
+    }
+    check_range_end(&r.key, &r.range_end)?;
     check_sizes(node, &r.key, &r.range_end)
 }
 
@@ -43,6 +60,7 @@ pub(super) fn check_delete(node: &Node, d: &DeleteRangeRequest) -> Result<(), Kv
     if d.key.is_empty() {
         return Err(KvError::EmptyKey);
     }
+    check_range_end(&d.key, &d.range_end)?;
     check_sizes(node, &d.key, &d.range_end)
 }
 
@@ -51,6 +69,7 @@ fn check_txn_ops(node: &Node, t: &TxnRequest, total: &mut usize) -> Result<(), K
         if c.key.is_empty() {
             return Err(KvError::EmptyKey);
         }
+        check_range_end(&c.key, &c.range_end)?;
         *total += c.key.len() + c.range_end.len();
     }
     for op in t.success.iter().chain(t.failure.iter()) {

@@ -101,9 +101,10 @@ impl KvStore {
         Ok(())
     }
 
-    /// The current revision (0 for an empty store).
+    /// The current revision (1 for an empty store, as in etcd).
     pub fn revision(&self, txn: &RoTxn) -> Result<i64, KvError> {
-        Ok(self.meta_get(txn, META_REVISION)?.unwrap_or(0))
+        // As in etcd, an empty store is at revision 1: the first write makes revision 2.
+        Ok(self.meta_get(txn, META_REVISION)?.unwrap_or(1))
     }
 
     /// The compacted revision (0 if never compacted).
@@ -186,16 +187,25 @@ impl KvStore {
             });
         }
         if sort_order != SortOrder::None {
-            // Keys arrive ascending; a stable sort keeps key order among equal targets.
-            match req.sort_target {
-                SortTarget::Key => {}
-                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-                SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-                SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-            }
-            if sort_order == SortOrder::Descend {
-                kvs.reverse();
+            // Keys arrive ascending; a stable sort keeps key order among equal
+            // targets, in both directions (as etcd's answers show).
+            let descend = sort_order == SortOrder::Descend;
+            let target = req.sort_target;
+            if !(target == SortTarget::Key && !descend) {
+                kvs.sort_by(|a, b| {
+                    let o = match target {
+                        SortTarget::Key => a.key.cmp(&b.key),
+                        SortTarget::Version => a.version.cmp(&b.version),
+                        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                        SortTarget::Value => a.value.cmp(&b.value),
+                    };
+                    if descend {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                });
             }
         }
         let mut more = false;

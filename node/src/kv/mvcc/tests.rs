@@ -2,10 +2,28 @@
 
 use super::*;
 
-fn store() -> (tempfile::TempDir, KvStore) {
+fn empty_store() -> (tempfile::TempDir, KvStore) {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::store::open_env(dir.path(), crate::store::EnvKind::State).unwrap();
     (dir, KvStore::open(env).unwrap())
+}
+
+/// A store whose history starts at revision 0, so that the tests below can
+/// number the first write 1 (the rules do not depend on the starting point).
+fn store() -> (tempfile::TempDir, KvStore) {
+    let (dir, s) = empty_store();
+    let mut wtxn = s.env().write_txn().unwrap();
+    s.meta_put(&mut wtxn, META_REVISION, &0i64).unwrap();
+    wtxn.commit().unwrap();
+    (dir, s)
+}
+
+#[test]
+fn an_empty_store_is_at_revision_1_and_the_first_write_makes_2() {
+    let (_d, s) = empty_store();
+    assert_eq!(s.revision(&s.env().read_txn().unwrap()).unwrap(), 1);
+    assert_eq!(put(&s, "a", "1"), 2);
+    assert_eq!(get(&s, "a", 0).unwrap().create_revision, 2);
 }
 
 fn apply(store: &KvStore, cmd: Command) -> Result<(i64, Outcome), KvError> {
