@@ -191,7 +191,7 @@ impl KvStore {
             // targets, in both directions (as etcd's answers show).
             let descend = sort_order == SortOrder::Descend;
             let target = req.sort_target;
-            if !(target == SortTarget::Key && !descend) {
+            if target != SortTarget::Key || descend {
                 kvs.sort_by(|a, b| {
                     let o = match target {
                         SortTarget::Key => a.key.cmp(&b.key),
