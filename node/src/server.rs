@@ -37,6 +37,10 @@ pub enum NodeError {
     /// The request's outcome is unknown: it may or may not have been applied.
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// The leader a write was forwarded to lost its leadership before
+    /// answering; the write may or may not have been applied (retryable).
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     /// The server is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -51,7 +55,10 @@ impl NodeError {
         use crate::kv::grpc_code::*;
         match self {
             NodeError::Kv(e) => e.grpc_code(),
-            NodeError::NoLeader | NodeError::Stopped | NodeError::Transport(_) => UNAVAILABLE,
+            NodeError::NoLeader
+            | NodeError::LeaderChanged
+            | NodeError::Stopped
+            | NodeError::Transport(_) => UNAVAILABLE,
             NodeError::Timeout => DEADLINE_EXCEEDED,
             NodeError::Storage(_) | NodeError::Raft(_) => INTERNAL,
         }
@@ -360,7 +367,9 @@ impl Node {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.config.limits.request_timeout;
         loop {
-            let leader = match inner.raft.client_write(command.clone()).await {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let written = tokio::time::timeout(remaining, inner.raft.client_write(command.clone()));
+            let leader = match written.await.map_err(|_| NodeError::Timeout)? {
                 Ok(response) => return Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     f.leader_id.zip(f.leader_node)
@@ -372,11 +381,15 @@ impl Node {
                 if leader_id != inner.id {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     inner.metrics.forwarded_writes.inc();
-                    match inner
-                        .network
-                        .send(&member, &PeerRequest::Write(command.clone()), remaining)
-                        .await
-                    {
+                    let request = PeerRequest::Write(command.clone());
+                    let sent = inner.network.send(&member, &request, remaining);
+                    let answer = tokio::select! {
+                        answer = sent => answer,
+                        // A dead leader never answers; once the DC has moved
+                        // on, say so rather than wait out the deadline.
+                        _ = self.leader_left(leader_id) => return Err(NodeError::LeaderChanged),
+                    };
+                    match answer {
                         Ok(PeerResponse::Write(Ok(applied))) => return Ok(applied),
                         Ok(PeerResponse::Write(Err(ForwardError::NotLeader { .. }))) => {}
                         Ok(PeerResponse::Write(Err(ForwardError::Unavailable(_)))) => {}
@@ -394,6 +407,24 @@ impl Node {
         }
     }
 
+    /// Resolves once `leader` is no longer this server's view of the leader
+    /// (a new term or an election under way); never if Raft has stopped.
+    async fn leader_left(&self, leader: u64) {
+        let mut metrics = self.inner.raft.metrics();
+        let term = metrics.borrow().current_term;
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(leader) || m.current_term != term {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits until a read of local state is linearizable: ReadIndex at the
     /// leader (asked over the peer transport from a follower), then local
     /// apply up to that index.
@@ -401,7 +432,9 @@ impl Node {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.config.limits.request_timeout;
         loop {
-            let leader = match inner.raft.ensure_linearizable().await {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let checked = tokio::time::timeout(remaining, inner.raft.ensure_linearizable());
+            let leader = match checked.await.map_err(|_| NodeError::NoLeader)? {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     f.leader_id.zip(f.leader_node)
@@ -412,11 +445,15 @@ impl Node {
             if let Some((leader_id, member)) = leader {
                 if leader_id != inner.id {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    if let Ok(PeerResponse::ReadIndex(Ok(index))) = inner
+                    let asked = inner
                         .network
-                        .send(&member, &PeerRequest::ReadIndex, remaining)
-                        .await
-                    {
+                        .send(&member, &PeerRequest::ReadIndex, remaining);
+                    // A read has no effect, so a leader change just means asking again.
+                    let answer = tokio::select! {
+                        answer = asked => Some(answer),
+                        _ = self.leader_left(leader_id) => None,
+                    };
+                    if let Some(Ok(PeerResponse::ReadIndex(Ok(index)))) = answer {
                         let remaining = deadline.saturating_duration_since(Instant::now());
                         return match inner
                             .raft
