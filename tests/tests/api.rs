@@ -112,6 +112,20 @@ async fn bad_input_answers_4xx_with_a_clear_error_and_writes_nothing() {
             "key is not provided",
         ),
         (
+            "/v3/kv/deleterange",
+            json!({"key": b64(b"k"), "range_end": b64(b"a")})
+                .to_string()
+                .into_bytes(),
+            400,
+            "range_end must be above key",
+        ),
+        (
+            "/v3/kv/range",
+            br#"{"key":"YQ==","revision":"-1"}"#.to_vec(),
+            400,
+            "revision must not be negative",
+        ),
+        (
             "/v3/kv/put",
             vec![b'{'; 4 * 1024 * 1024],
             400,

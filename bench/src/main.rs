@@ -1,0 +1,129 @@
+//! `meridian-load`: the load generator of `bench/run`. It speaks etcd's v3
+//! JSON gateway, so the same requests measure Meridian and etcd alike.
+//!
+//!     meridian-load run --system meridian --endpoints URL,... --workload put --clients 64
+//!     meridian-load report bench/results/run.jsonl --markdown out.md --json out.json
+
+mod driver;
+mod report;
+mod workload;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "meridian-load", about = "Load generator for Meridian and etcd (v3 JSON gateway)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs one workload and appends its measurement (one JSON line) to --out.
+    Run {
+        /// Which system this is, as recorded ("meridian" or "etcd").
+        #[arg(long)]
+        system: String,
+        /// Client URLs; clients are spread over them round-robin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        #[arg(long, value_enum)]
+        workload: workload::Workload,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Seconds of load before measuring.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Open loop at this many requests per second in all; closed loop if absent.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Hot keys (txn-cas) or prefix size (range-prefix*).
+        #[arg(long, default_value_t = 100)]
+        keys: usize,
+        #[arg(long, default_value_t = 256)]
+        value_bytes: usize,
+        /// Prepare the keyspace first (the keys the workload reads or swaps).
+        #[arg(long)]
+        setup: bool,
+        /// JSON-lines file the measurement is appended to; stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Summarises a JSON-lines file of measurements as Markdown and JSON.
+    Report {
+        records: PathBuf,
+        #[arg(long)]
+        markdown: PathBuf,
+        #[arg(long)]
+        json: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run {
+            system,
+            endpoints,
+            workload,
+            clients,
+            warmup,
+            duration,
+            rate,
+            keys,
+            value_bytes,
+            setup,
+            out,
+        } => {
+            let plan = driver::Plan {
+                endpoints,
+                workload,
+                clients,
+                warmup: Duration::from_secs_f64(warmup),
+                duration: Duration::from_secs_f64(duration),
+                rate,
+                keys,
+                value_bytes,
+            };
+            if setup {
+                driver::setup(&plan).await?;
+            }
+            let m = driver::run(&plan).await?;
+            let mut record = serde_json::to_value(&m)?;
+            record["system"] = serde_json::json!(system);
+            let line = format!("{record}\n");
+            eprintln!(
+                "{system:>8} {workload:?} clients={clients}: {:.0} ops/s p50 {:.2} ms p99 {:.2} ms errors {}",
+                m.throughput, m.p50_ms, m.p99_ms, m.errors
+            );
+            match out {
+                Some(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("open {}", path.display()))?
+                    .write_all(line.as_bytes())?,
+                None => print!("{line}"),
+            }
+        }
+        Cmd::Report {
+            records,
+            markdown,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&records)
+                .with_context(|| format!("read {}", records.display()))?;
+            let (md, js) = report::report(&text)?;
+            std::fs::write(&markdown, md)?;
+            std::fs::write(&json, serde_json::to_string_pretty(&js)?)?;
+        }
+    }
+    Ok(())
+}
