@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "meridian-load", about = "Load generator for Meridian and etcd (v3 JSON gateway)")]
+#[command(
+    name = "meridian-load",
+    about = "Load generator for Meridian and etcd (v3 JSON gateway)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

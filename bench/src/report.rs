@@ -42,7 +42,10 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
             meta = v["meta"].clone();
             continue;
         }
-        let system = v["system"].as_str().context("record without system")?.to_string();
+        let system = v["system"]
+            .as_str()
+            .context("record without system")?
+            .to_string();
         if let Some(metric) = v["metric"].as_str() {
             let value = v["value"].as_f64().context("footprint without value")?;
             footprint
@@ -56,10 +59,20 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
         let key = (
             v["workload"].as_str().unwrap_or("?").to_string(),
             v["clients"].as_u64().unwrap_or(0),
-            v["rate"].as_f64().map(|r| format!("{r}/s")).unwrap_or_else(|| "closed".into()),
+            v["rate"]
+                .as_f64()
+                .map(|r| format!("{r}/s"))
+                .unwrap_or_else(|| "closed".into()),
         );
         let fields = runs.entry(key).or_default().entry(system).or_default();
-        for f in ["throughput", "p50_ms", "p99_ms", "p999_ms", "cas_success_rate", "errors"] {
+        for f in [
+            "throughput",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "cas_success_rate",
+            "errors",
+        ] {
             if let Some(x) = v[f].as_f64() {
                 fields.entry(f.to_string()).or_default().push(x);
             }
@@ -71,7 +84,13 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
     writeln!(md, "# Meridian vs etcd\n")?;
     if let Some(m) = meta.as_object() {
         for (k, v) in m {
-            writeln!(md, "- {k}: {}", v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))?;
+            writeln!(
+                md,
+                "- {k}: {}",
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            )?;
         }
         writeln!(md)?;
     }
@@ -84,7 +103,10 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
         md,
         "| workload | clients | load | etcd ops/s | Meridian ops/s | ratio | etcd p50 ms | Meridian p50 ms | ratio | etcd p99 ms | Meridian p99 ms | ratio | etcd p99.9 ms | Meridian p99.9 ms | ratio | errors (etcd/Meridian) |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
     for ((workload, clients, load), systems) in &runs {
         let get = |system: &str, field: &str| {
             systems
@@ -97,7 +119,13 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
         row.insert("clients".into(), json!(clients));
         row.insert("load".into(), json!(load));
         let mut cells = vec![workload.clone(), clients.to_string(), load.clone()];
-        for field in ["throughput", "p50_ms", "p99_ms", "p999_ms", "cas_success_rate"] {
+        for field in [
+            "throughput",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "cas_success_rate",
+        ] {
             let (e, m) = (get("etcd", field), get("meridian", field));
             if field == "cas_success_rate" && e.is_none() && m.is_none() {
                 continue;
@@ -123,7 +151,10 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
         .filter(|r| r.get("cas_success_rate").is_some())
         .collect();
     if !cas.is_empty() {
-        writeln!(md, "\n| CAS workload | clients | etcd success rate | Meridian success rate |")?;
+        writeln!(
+            md,
+            "\n| CAS workload | clients | etcd success rate | Meridian success rate |"
+        )?;
         writeln!(md, "|---|---|---|---|")?;
         for r in cas {
             let c = &r["cas_success_rate"];
@@ -144,8 +175,15 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
         for (metric, systems) in &footprint {
             let e = systems.get("etcd").and_then(|x| mean(x));
             let m = systems.get("meridian").and_then(|x| mean(x));
-            writeln!(md, "| {metric} | {} | {} | {} |", cell(e), cell(m), cell(ratio(m, e)))?;
-            out_footprint.push(json!({"metric": metric, "etcd": e, "meridian": m, "ratio": ratio(m, e)}));
+            writeln!(
+                md,
+                "| {metric} | {} | {} | {} |",
+                cell(e),
+                cell(m),
+                cell(ratio(m, e))
+            )?;
+            out_footprint
+                .push(json!({"metric": metric, "etcd": e, "meridian": m, "ratio": ratio(m, e)}));
         }
     }
     let json = json!({"meta": meta, "runs": out_runs, "footprint": out_footprint});
@@ -173,8 +211,14 @@ mod tests {
         assert_eq!(put["throughput"]["ratio"], json!(2.0));
         assert_eq!(put["p99_ms"]["ratio"], json!(0.5));
         assert_eq!(json["footprint"][0]["ratio"], json!(0.25));
-        assert!(md.contains("| put | 64 | closed | 2000 | 4000 | 2.00 |"), "{md}");
-        assert!(md.contains("| rss_idle_mib | 40.00 | 10.00 | 0.25 |"), "{md}");
+        assert!(
+            md.contains("| put | 64 | closed | 2000 | 4000 | 2.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| rss_idle_mib | 40.00 | 10.00 | 0.25 |"),
+            "{md}"
+        );
     }
 
     #[test]

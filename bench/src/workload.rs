@@ -58,7 +58,9 @@ pub fn setup(workload: Workload, keys: usize, value: &[u8]) -> Vec<(&'static str
             .map(|chunk| {
                 let ops: Vec<Value> = chunk
                     .iter()
-                    .map(|k| json!({"request_put": {"key": b64(k.as_bytes()), "value": b64(value)}}))
+                    .map(
+                        |k| json!({"request_put": {"key": b64(k.as_bytes()), "value": b64(value)}}),
+                    )
                     .collect();
                 ("/v3/kv/txn", json!({ "success": ops }))
             })

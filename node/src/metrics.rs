@@ -30,6 +30,8 @@ pub struct Metrics {
     pub proposals_pending: IntGauge,
     /// Time from proposal to applied answer.
     pub proposal_duration: Histogram,
+    /// Client writes carried by one Raft entry.
+    pub proposal_commands: Histogram,
     /// Durable commit time of the Raft log.
     pub fsync_duration: Histogram,
     /// Bytes of the state database in use.
@@ -149,6 +151,11 @@ impl Metrics {
                 "Time from proposal to applied answer.",
                 fast_buckets(),
             ))?,
+            proposal_commands: h(prometheus::HistogramOpts::new(
+                "meridian_proposal_commands",
+                "Client writes carried by one Raft entry (writes proposed together).",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 10)?))?,
             fsync_duration: h(secs(
                 "meridian_fsync_duration_seconds",
                 "Durable commit time of the Raft log.",

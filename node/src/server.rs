@@ -7,12 +7,13 @@ use crate::kv::*;
 use crate::metrics::Metrics;
 use crate::raft::network::ForwardError;
 use crate::raft::{
-    self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, Raft, StateMachine,
+    self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, ProposeError, Proposer,
+    ProposerLimits, Raft, StateMachine,
 };
 use crate::store::{self, EnvKind};
 use meridian_gateway::tls::TlsMaterial;
 use meridian_gateway::{Endpoint, EndpointOptions, GatewayError, ALPN_PEER};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,6 +126,7 @@ struct Inner {
     id: u64,
     cluster_id: u64,
     raft: Raft,
+    proposer: Proposer,
     store: KvStore,
     network: PeerNetwork,
     endpoint: Endpoint,
@@ -239,6 +241,11 @@ impl Node {
                 config,
                 id,
                 cluster_id,
+                proposer: Proposer::start(
+                    raft.clone(),
+                    ProposerLimits::default(),
+                    metrics.proposal_commands.clone(),
+                ),
                 raft,
                 store: kv,
                 network,
@@ -368,14 +375,21 @@ impl Node {
         let deadline = Instant::now() + inner.config.limits.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let written = tokio::time::timeout(remaining, inner.raft.client_write(command.clone()));
-            let leader = match written.await.map_err(|_| NodeError::Timeout)? {
-                Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    f.leader_id.zip(f.leader_node)
+            let leader = match self.known_leader() {
+                // Another server leads: forward without asking Raft first.
+                Some((id, member)) if id != inner.id => Some((id, member)),
+                _ => {
+                    let proposed = inner.proposer.propose(command.clone());
+                    match tokio::time::timeout(remaining, proposed)
+                        .await
+                        .map_err(|_| NodeError::Timeout)?
+                    {
+                        Ok(applied) => return Ok(applied),
+                        Err(ProposeError::ForwardToLeader(leader)) => leader,
+                        Err(ProposeError::Failed(e)) => return Err(NodeError::Raft(e)),
+                        Err(ProposeError::Stopped) => return Err(NodeError::Stopped),
+                    }
                 }
-                Err(RaftError::APIError(e)) => return Err(NodeError::Raft(e.to_string())),
-                Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
             };
             if let Some((leader_id, member)) = leader {
                 if leader_id != inner.id {
@@ -405,6 +419,15 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The leader as this server last heard, with its address.
+    fn known_leader(&self) -> Option<(u64, Member)> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, member))
     }
 
     /// Resolves once `leader` is no longer this server's view of the leader
@@ -628,14 +651,15 @@ impl Node {
                 PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
             }
             PeerRequest::Write(command) => {
-                PeerResponse::Write(match raft.client_write(command).await {
-                    Ok(r) => Ok(r.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        Err(ForwardError::NotLeader {
-                            leader: f.leader_id.zip(f.leader_node),
-                        })
+                PeerResponse::Write(match self.inner.proposer.propose(command).await {
+                    Ok(applied) => Ok(applied),
+                    Err(ProposeError::ForwardToLeader(leader)) => {
+                        Err(ForwardError::NotLeader { leader })
                     }
-                    Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+                    Err(ProposeError::Failed(e)) => Err(ForwardError::Unavailable(e)),
+                    Err(ProposeError::Stopped) => {
+                        Err(ForwardError::Unavailable("server stopped".into()))
+                    }
                 })
             }
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(match raft.get_read_log_id().await {

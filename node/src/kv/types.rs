@@ -270,6 +270,45 @@ pub enum Command {
     Compact(CompactionRequest),
 }
 
+impl Command {
+    /// Roughly how many bytes the command takes in a log entry: its keys,
+    /// values and range ends, plus a little per operation.
+    pub fn payload_bytes(&self) -> usize {
+        const OP: usize = 16;
+        fn txn(t: &TxnRequest) -> usize {
+            let compares: usize = t
+                .compare
+                .iter()
+                .map(|c| OP + c.key.len() + c.range_end.len() + compare_operand(c))
+                .sum();
+            let ops: usize = t
+                .success
+                .iter()
+                .chain(t.failure.iter())
+                .map(|op| match op {
+                    RequestOp::Range(r) => OP + r.key.len() + r.range_end.len(),
+                    RequestOp::Put(p) => OP + p.key.len() + p.value.len(),
+                    RequestOp::DeleteRange(d) => OP + d.key.len() + d.range_end.len(),
+                    RequestOp::Txn(inner) => OP + txn(inner),
+                })
+                .sum();
+            compares + ops
+        }
+        fn compare_operand(c: &Compare) -> usize {
+            match &c.target {
+                CompareTarget::Value(v) => v.len(),
+                _ => 8,
+            }
+        }
+        OP + match self {
+            Command::Put(p) => p.key.len() + p.value.len(),
+            Command::DeleteRange(d) => d.key.len() + d.range_end.len(),
+            Command::Txn(t) => txn(t),
+            Command::Compact(_) => 8,
+        }
+    }
+}
+
 /// The outcome of a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

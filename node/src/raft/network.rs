@@ -17,6 +17,34 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Bytes of entries sent in one AppendEntries, well under the transport's
+/// frame limit; a longer run is sent in parts (openraft's `PartialSuccess`).
+pub const APPEND_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    64 + match &entry.payload {
+        openraft::EntryPayload::Normal(p) => p.payload_bytes(),
+        openraft::EntryPayload::Membership(m) => 128 * m.nodes().count(),
+        openraft::EntryPayload::Blank => 0,
+    }
+}
+
+/// Keeps the longest prefix of entries within [`APPEND_BYTES_MAX`] (at least
+/// one entry); returns whether any were left out.
+fn trim_to_budget(entries: &mut Vec<openraft::Entry<TypeConfig>>) -> bool {
+    let mut total = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += entry_bytes(e);
+            total > APPEND_BYTES_MAX
+        })
+        .map_or(entries.len(), |i| i.max(1));
+    let trimmed = keep < entries.len();
+    entries.truncate(keep);
+    trimmed
+}
+
 /// A request between servers of one datacenter.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -155,14 +183,21 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        let mut rpc = rpc;
+        let trimmed = trim_to_budget(&mut rpc.entries);
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
         match self.call(PeerRequest::AppendEntries(rpc), &option).await? {
-            PeerResponse::AppendEntries(r) => r.map_err(|e| {
-                RPCError::RemoteError(RemoteError::new_with_node(
+            PeerResponse::AppendEntries(r) => match r {
+                Ok(AppendEntriesResponse::Success) if trimmed => {
+                    Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+                }
+                Ok(r) => Ok(r),
+                Err(e) => Err(RPCError::RemoteError(RemoteError::new_with_node(
                     self.target,
                     self.member.clone(),
                     e,
-                ))
-            }),
+                ))),
+            },
             _ => Err(self.unexpected()),
         }
     }
@@ -205,5 +240,42 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }),
             _ => Err(self.unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::PutRequest;
+    use crate::raft::Proposal;
+
+    fn entry(index: u64, value_bytes: usize) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(Proposal {
+                commands: vec![Command::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![0; value_bytes],
+                    ..Default::default()
+                })],
+            }),
+        }
+    }
+
+    #[test]
+    fn append_entries_are_cut_to_the_byte_budget_but_never_to_nothing() {
+        let mut small: Vec<_> = (1..=100).map(|i| entry(i, 100)).collect();
+        assert!(!trim_to_budget(&mut small));
+        assert_eq!(small.len(), 100);
+
+        let big = APPEND_BYTES_MAX / 4;
+        let mut large: Vec<_> = (1..=10).map(|i| entry(i, big)).collect();
+        assert!(trim_to_budget(&mut large));
+        assert_eq!(large.len(), 3);
+        assert_eq!(large.last().unwrap().log_id.index, 3);
+
+        let mut huge = vec![entry(1, APPEND_BYTES_MAX * 2), entry(2, 1)];
+        assert!(trim_to_budget(&mut huge));
+        assert_eq!(huge.len(), 1, "one entry always goes");
     }
 }

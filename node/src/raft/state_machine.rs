@@ -3,7 +3,7 @@
 
 use super::snapshot::{self, SnapshotError};
 use super::types::{storage_io, LogId, Member, StorageError, StoredMembership, TypeConfig};
-use crate::kv::{Applied, Command, KvError, KvStore, KvWriter, Outcome};
+use crate::kv::{Applied, Command, KvError, KvStore, KvWriter};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ pub trait ApplyObserver: Send + Sync + 'static {
 }
 
 /// The answers of a batch, and its last log id with the revision after it.
-type AppliedBatch = (Vec<Applied>, Option<(LogId, i64)>);
+type AppliedBatch = (Vec<Vec<Applied>>, Option<(LogId, i64)>);
 
 /// The state machine storage; cheap to clone.
 #[derive(Clone)]
@@ -61,21 +61,25 @@ impl StateMachine {
         let mut last = None;
         for entry in &entries {
             let applied = match &entry.payload {
-                EntryPayload::Blank => Applied {
-                    revision: self.store.revision(&wtxn)?,
-                    outcome: Ok(Outcome::Nothing),
-                },
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                     self.store.meta_put(&mut wtxn, META_MEMBERSHIP, &stored)?;
-                    Applied {
-                        revision: self.store.revision(&wtxn)?,
-                        outcome: Ok(Outcome::Nothing),
-                    }
+                    Vec::new()
                 }
-                EntryPayload::Normal(command) => self.apply_command(&mut wtxn, command)?,
+                EntryPayload::Normal(proposal) => {
+                    let mut applied = Vec::with_capacity(proposal.commands.len());
+                    for command in &proposal.commands {
+                        applied.push(self.apply_command(&mut wtxn, command)?);
+                    }
+                    applied
+                }
             };
-            last = Some((entry.log_id, applied.revision));
+            let revision = match applied.last() {
+                Some(a) => a.revision,
+                None => self.store.revision(&wtxn)?,
+            };
+            last = Some((entry.log_id, revision));
             results.push(applied);
         }
         if let Some((log_id, _)) = last {
@@ -206,7 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,

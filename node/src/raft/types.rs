@@ -21,11 +21,27 @@ impl fmt::Display for Member {
     }
 }
 
+/// One Raft entry's writes: the commands that arrived together, applied in
+/// order, each at its own revision as if proposed alone. Grouping them lets
+/// one log append and one fsync carry many client writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The writes, in arrival order.
+    pub commands: Vec<Command>,
+}
+
+impl Proposal {
+    /// Roughly how many bytes the proposal takes in a log entry.
+    pub fn payload_bytes(&self) -> usize {
+        self.commands.iter().map(Command::payload_bytes).sum()
+    }
+}
+
 openraft::declare_raft_types!(
     /// Meridian's Raft types.
     pub TypeConfig:
-        D = Command,
-        R = Applied,
+        D = Proposal,
+        R = Vec<Applied>,
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
