@@ -73,6 +73,22 @@ impl Default for Limits {
     }
 }
 
+/// Watch settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// How often an idle watch created with `progress_notify` gets a progress response.
+    pub progress_notify_interval: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            // etcd's default.
+            progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Everything one server needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -98,4 +114,6 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     /// Limits.
     pub limits: Limits,
+    /// Watch settings.
+    pub watch: WatchSettings,
 }

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub proposals_pending: IntGauge,
     /// Time from proposal to applied answer.
     pub proposal_duration: Histogram,
+    /// Watchers open now.
+    pub watchers: IntGauge,
+    /// Watch streams open now.
+    pub watch_streams: IntGauge,
+    /// Watch events sent.
+    pub watch_events: IntCounter,
+    /// Watch responses queued for clients and not yet taken by them.
+    pub watch_queued: IntGauge,
     /// Client writes carried by one Raft entry.
     pub proposal_commands: Histogram,
     /// Durable commit time of the Raft log.
@@ -151,6 +159,13 @@ impl Metrics {
                 "Time from proposal to applied answer.",
                 fast_buckets(),
             ))?,
+            watchers: g("meridian_watchers", "Watchers open now.")?,
+            watch_streams: g("meridian_watch_streams", "Watch streams open now.")?,
+            watch_events: c("meridian_watch_events_total", "Watch events sent.")?,
+            watch_queued: g(
+                "meridian_watch_queued_responses",
+                "Watch responses queued for clients and not yet taken (bounded per stream).",
+            )?,
             proposal_commands: h(prometheus::HistogramOpts::new(
                 "meridian_proposal_commands",
                 "Client writes carried by one Raft entry (writes proposed together).",

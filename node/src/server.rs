@@ -128,6 +128,8 @@ struct Inner {
     raft: Raft,
     proposer: Proposer,
     store: KvStore,
+    /// The latest applied revision, for watchers to wait on.
+    revisions: Arc<tokio::sync::watch::Sender<i64>>,
     network: PeerNetwork,
     endpoint: Endpoint,
     metrics: Arc<Metrics>,
@@ -143,6 +145,7 @@ pub struct Node {
 struct Observer {
     metrics: Arc<Metrics>,
     name: String,
+    revisions: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 struct LogMetrics(Arc<Metrics>);
@@ -160,6 +163,7 @@ impl raft::ApplyObserver for Observer {
     fn applied(&self, last: LogId, revision: i64, _entries: usize) {
         self.metrics.applied_index.set(last.index as i64);
         self.metrics.revision.set(revision);
+        self.revisions.send_replace(revision);
     }
     fn snapshot(
         &self,
@@ -197,9 +201,11 @@ impl Node {
         let log_store =
             LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
         let kv = KvStore::open(state_env)?;
+        let revisions = Arc::new(tokio::sync::watch::channel(0).0);
         let observer = Arc::new(Observer {
             metrics: metrics.clone(),
             name: config.name.clone(),
+            revisions: revisions.clone(),
         });
         let state_machine = StateMachine::new(kv, config.data_dir.join("snapshots"), observer)
             .map_err(|e| NodeError::Storage(e.to_string()))?;
@@ -248,6 +254,7 @@ impl Node {
                 ),
                 raft,
                 store: kv,
+                revisions,
                 network,
                 endpoint: endpoint.clone(),
                 metrics,
@@ -503,6 +510,28 @@ impl Node {
             .env()
             .read_txn()
             .map_err(|e| NodeError::Storage(e.to_string()))
+    }
+
+    /// A receiver that changes whenever entries are applied (to the new revision).
+    pub fn subscribe_revisions(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.inner.revisions.subscribe()
+    }
+
+    /// The store's current and compacted revisions.
+    pub fn revisions(&self) -> Result<(i64, i64), NodeError> {
+        let rtxn = self.read_txn()?;
+        let store = self.inner.store;
+        Ok((store.revision(&rtxn)?, store.compacted_revision(&rtxn)?))
+    }
+
+    /// Changes from revision `from` on (whole revisions, about `max` events),
+    /// with the last revision read and the current revision.
+    pub fn events(&self, from: i64, max: usize) -> Result<(Vec<Event>, i64, i64), NodeError> {
+        let rtxn = self.read_txn()?;
+        let store = self.inner.store;
+        let current = store.revision(&rtxn)?;
+        let (events, last) = store.events(&rtxn, from, max)?;
+        Ok((events, last, current))
     }
 
     /// etcd's range: linearizable unless `serializable`.

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use meridian_gateway::tls::TlsPaths;
-use meridian_node::config::{InitialMember, Limits, RaftSettings};
+use meridian_node::config::{InitialMember, Limits, RaftSettings, WatchSettings};
 use meridian_node::NodeConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -29,6 +29,8 @@ struct FileConfig {
     raft: RaftSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    watch: WatchSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +95,22 @@ impl Default for LimitsSection {
             value_bytes_max: d.value_bytes_max,
             quota_bytes: d.quota_bytes,
             request_timeout_ms: d.request_timeout.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WatchSection {
+    progress_notify_interval_ms: u64,
+}
+
+impl Default for WatchSection {
+    fn default() -> Self {
+        WatchSection {
+            progress_notify_interval_ms: WatchSettings::default()
+                .progress_notify_interval
+                .as_millis() as u64,
         }
     }
 }
@@ -177,7 +195,16 @@ fn validate(f: FileConfig) -> Result<NodeConfig> {
     {
         return Err(bad("limits", "limits must be greater than zero"));
     }
+    if f.watch.progress_notify_interval_ms == 0 {
+        return Err(bad(
+            "watch.progress_notify_interval_ms",
+            "must be greater than zero",
+        ));
+    }
     Ok(NodeConfig {
+        watch: WatchSettings {
+            progress_notify_interval: Duration::from_millis(f.watch.progress_notify_interval_ms),
+        },
         advertise_client_url: f
             .advertise_client_url
             .unwrap_or_else(|| format!("http://{}", f.client_addr)),

@@ -584,3 +584,145 @@ async fn v3_answers_match_etcd_3_4() {
         assert!(mv.get(key).is_some(), "/version lacks {key}: {mv}");
     }
 }
+
+/// Opens a watch stream with `body` and returns its first `n` JSON lines
+/// (fewer if the stream goes quiet for 3 s), keeping the response open for more.
+async fn watch_lines(base: &str, body: &str, n: usize) -> (Vec<Value>, reqwest::Response, Vec<u8>) {
+    let mut response = reqwest::Client::new()
+        .post(format!("{base}/v3/watch"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("watch request");
+    let mut buf = Vec::new();
+    let lines = read_lines(&mut response, &mut buf, n).await;
+    (lines, response, buf)
+}
+
+async fn read_lines(response: &mut reqwest::Response, buf: &mut Vec<u8>, n: usize) -> Vec<Value> {
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let mut v: Value = serde_json::from_slice(&line).expect("a JSON line");
+            normalize(&mut v);
+            lines.push(v);
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(3), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
+            Ok(Ok(None)) if !buf.is_empty() => buf.push(b'\n'), // a last unterminated object
+            _ => break,
+        }
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_match_etcd_3_4() {
+    let etcd = Etcd::start().await;
+    let meridian = Cluster::start(1).await;
+    let systems = [etcd.url.clone(), meridian.url(0).to_string()];
+    for base in &systems {
+        for st in [
+            put_step("a", "1"),
+            put_step("a", "2"),
+            step("/v3/kv/deleterange", json!({"key": k("a")})),
+            put_step("b", "x"),
+        ] {
+            let (s, v) = send(base, &st).await;
+            assert_eq!(s, 200, "{base}: {v}");
+        }
+    }
+    let a = k("a");
+    let cases: Vec<(String, usize)> = vec![
+        (
+            format!(r#"{{"create_request":{{"key":"{a}","start_revision":"2","prev_kv":true}}}}"#),
+            2,
+        ),
+        (
+            format!(
+                r#"{{"create_request":{{"key":"{a}","start_revision":"2","filters":["NOPUT"],"watch_id":"7"}}}}"#
+            ),
+            2,
+        ),
+        (
+            format!(
+                r#"{{"create_request":{{"key":"{a}","start_revision":"2","filters":["NODELETE"]}}}}"#
+            ),
+            2,
+        ),
+        (
+            format!(
+                r#"{{"create_request":{{"key":"{a}","range_end":"AA==","start_revision":"1"}}}}"#
+            ),
+            2,
+        ),
+        (
+            format!(
+                r#"{{"create_request":{{"key":"{}","range_end":"{}","start_revision":"3"}}}}"#,
+                k("a"),
+                k("c")
+            ),
+            2,
+        ),
+        (r#"{"progress_request":{}}"#.to_string(), 1),
+        (
+            format!(
+                r#"{{"create_request":{{"key":"{a}"}}}}{{"create_request":{{"key":"{}"}}}}"#,
+                k("b")
+            ),
+            2,
+        ),
+        ("garbage".to_string(), 1),
+    ];
+    for (body, n) in &cases {
+        let (e, _, _) = watch_lines(&systems[0], body, *n).await;
+        let (m, _, _) = watch_lines(&systems[1], body, *n).await;
+        assert_eq!(e.len(), *n, "etcd answered {body} with {e:?}");
+        if body == "garbage" {
+            assert_eq!(m.len(), 1, "{m:?}");
+            assert!(m[0]["code"].as_i64().is_some(), "{m:?}");
+            assert!(e[0]["code"].as_i64().is_some(), "{e:?}");
+            continue;
+        }
+        assert_eq!(m, e, "watch {body}");
+    }
+
+    // Live events: a watcher created first sees a later put.
+    for base in &systems {
+        let (created, mut response, mut buf) = watch_lines(
+            base,
+            &format!(
+                r#"{{"create_request":{{"key":"{}","prev_kv":true}}}}"#,
+                k("c")
+            ),
+            1,
+        )
+        .await;
+        assert_eq!(created[0]["result"]["created"], json!(true), "{base}");
+        send(base, &put_step("c", "live")).await;
+        let events = read_lines(&mut response, &mut buf, 1).await;
+        assert_eq!(
+            events[0]["result"]["events"][0]["kv"]["value"],
+            json!(k("live")),
+            "{base}: {events:?}"
+        );
+        assert_eq!(
+            events[0]["result"]["header"]["revision"],
+            json!("6"),
+            "{base}"
+        );
+    }
+
+    // A watch from a compacted revision is cancelled with compact_revision.
+    for base in &systems {
+        let (s, v) = send(base, &step("/v3/kv/compaction", json!({"revision": "4"}))).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let body = format!(r#"{{"create_request":{{"key":"{a}","start_revision":"2"}}}}"#);
+    let (e, _, _) = watch_lines(&systems[0], &body, 2).await;
+    let (m, _, _) = watch_lines(&systems[1], &body, 2).await;
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(m, e, "compacted watch");
+}

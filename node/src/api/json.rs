@@ -339,6 +339,117 @@ fn put_bool(o: &mut Obj, name: &str, v: bool) {
     }
 }
 
+/// A decoded `create_request` of a watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchCreate {
+    /// First key.
+    pub key: Vec<u8>,
+    /// Range end, as in a range.
+    pub range_end: Vec<u8>,
+    /// First revision to deliver; 0 for "after the current one".
+    pub start_revision: i64,
+    /// Periodic progress responses when idle.
+    pub progress_notify: bool,
+    /// Leave out puts.
+    pub no_put: bool,
+    /// Leave out deletes.
+    pub no_delete: bool,
+    /// Include the previous key-value in events.
+    pub prev_kv: bool,
+    /// Client-chosen id; 0 lets the server assign one.
+    pub watch_id: i64,
+    /// Split large responses (accepted; responses are bounded anyway).
+    pub fragment: bool,
+}
+
+/// One request object of a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchRequest {
+    /// Start a watcher.
+    Create(WatchCreate),
+    /// Stop a watcher.
+    Cancel(i64),
+    /// Ask for a progress response.
+    Progress,
+}
+
+/// Decodes one request object of a watch stream.
+pub fn watch_request(obj: &Obj) -> Result<WatchRequest, FieldError> {
+    known(
+        obj,
+        &["create_request", "cancel_request", "progress_request"],
+    )?;
+    if let Some(c) = sub_object(obj, "create_request")? {
+        known(
+            c,
+            &[
+                "key",
+                "range_end",
+                "start_revision",
+                "progress_notify",
+                "filters",
+                "prev_kv",
+                "watch_id",
+                "fragment",
+            ],
+        )?;
+        let mut create = WatchCreate {
+            key: bytes(c, "key")?,
+            range_end: bytes(c, "range_end")?,
+            start_revision: int(c, "start_revision")?,
+            progress_notify: boolean(c, "progress_notify")?,
+            prev_kv: boolean(c, "prev_kv")?,
+            watch_id: int(c, "watch_id")?,
+            fragment: boolean(c, "fragment")?,
+            ..Default::default()
+        };
+        for f in array(c, "filters")? {
+            let bad = || err("filters", "expected NOPUT or NODELETE");
+            match f {
+                Value::String(s) if s == "NOPUT" => create.no_put = true,
+                Value::String(s) if s == "NODELETE" => create.no_delete = true,
+                Value::Number(n) if n.as_u64() == Some(0) => create.no_put = true,
+                Value::Number(n) if n.as_u64() == Some(1) => create.no_delete = true,
+                _ => return Err(bad()),
+            }
+        }
+        return Ok(WatchRequest::Create(create));
+    }
+    if let Some(c) = sub_object(obj, "cancel_request")? {
+        known(c, &["watch_id"])?;
+        return Ok(WatchRequest::Cancel(int(c, "watch_id")?));
+    }
+    if let Some(p) = sub_object(obj, "progress_request")? {
+        known(p, &[])?;
+        return Ok(WatchRequest::Progress);
+    }
+    Err(err(
+        "request",
+        "expected create_request, cancel_request or progress_request",
+    ))
+}
+
+/// Encodes a watch event.
+pub fn event(e: &Event, with_prev: bool) -> Value {
+    let mut o = Obj::new();
+    if e.kind == EventKind::Delete {
+        o.insert("type".into(), json!("DELETE"));
+    }
+    o.insert("kv".into(), kv(&e.kv));
+    if with_prev {
+        if let Some(p) = &e.prev_kv {
+            o.insert("prev_kv".into(), kv(p));
+        }
+    }
+    Value::Object(o)
+}
+
+/// Encodes a WatchResponse inside etcd's stream envelope `{"result": ...}`.
+pub fn watch_response(h: &Header, watch_id: i64, mut fields: Obj) -> Value {
+    put_int(&mut fields, "watch_id", watch_id);
+    json!({ "result": with_header(Some(h), fields) })
+}
+
 /// Encodes a header.
 pub fn header(h: &Header) -> Value {
     let mut o = Obj::new();

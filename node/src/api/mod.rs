@@ -5,6 +5,7 @@
 mod json;
 mod v1;
 mod v3;
+mod watch;
 
 use crate::kv::{grpc_code, KvError};
 use crate::server::{Node, NodeError};
@@ -93,6 +94,7 @@ pub fn router(node: Node) -> Router {
         .route("/v3/kv/compaction", post(v3::compaction))
         .route("/v3/maintenance/status", post(v3::status))
         .route("/v3/cluster/member/list", post(v3::member_list))
+        .route("/v3/watch", post(watch::watch))
         .route(
             "/v1/kv/{*key}",
             get(v1::get).put(v1::put).delete(v1::delete),
@@ -131,6 +133,7 @@ fn route_label(path: &str) -> &'static str {
         "/v3/kv/compaction" => "/v3/kv/compaction",
         "/v3/maintenance/status" => "/v3/maintenance/status",
         "/v3/cluster/member/list" => "/v3/cluster/member/list",
+        "/v3/watch" => "/v3/watch",
         "/v1/status" => "/v1/status",
         "/version" => "/version",
         "/health" => "/health",

@@ -107,6 +107,107 @@ impl KvStore {
         Ok(self.meta_get(txn, META_REVISION)?.unwrap_or(1))
     }
 
+    /// The changes from revision `from` on, in revision order, as watch
+    /// events; at most about `max` events, but never splitting one
+    /// revision's events. Returns the events and the last revision fully
+    /// read (`from - 1` if none). `Compacted` if `from` is below the
+    /// compacted revision.
+    pub fn events(&self, txn: &RoTxn, from: i64, max: usize) -> Result<(Vec<Event>, i64), KvError> {
+        let from = from.max(1);
+        if from < self.compacted_revision(txn)? {
+            return Err(KvError::Compacted);
+        }
+        let current = self.revision(txn)?;
+        let mut events = Vec::new();
+        let mut last = from - 1;
+        let lower = rev_key(from, 0);
+        for item in self
+            .changes
+            .range(txn, &(Bound::Included(lower.as_slice()), Bound::Unbounded))?
+        {
+            let (rev, key) = item?;
+            let (main, sub) = super::encoding::parse_rev(rev)
+                .ok_or_else(|| KvError::Storage("bad change key".into()))?;
+            if main > current {
+                break;
+            }
+            if main != last && events.len() >= max {
+                break;
+            }
+            if main != last {
+                last = main;
+            }
+            events.push(self.event_at(txn, key, main, sub)?);
+        }
+        // Revisions with no change rows left (compacted history) count as read.
+        if events.len() < max {
+            last = current.max(from - 1);
+        }
+        Ok((events, last))
+    }
+
+    fn event_at(&self, txn: &RoTxn, key: &[u8], main: i64, sub: u32) -> Result<Event, KvError> {
+        let mut this_row = escape_key(key);
+        let mut lower = this_row.clone();
+        push_rev(&mut this_row, main, sub);
+        push_rev(&mut lower, 0, 0);
+        let record: Record = match self.kv.get(txn, &this_row)? {
+            Some(bytes) => decode(bytes)?,
+            None => return Err(KvError::Storage("change without its row".into())),
+        };
+        let prev = match self
+            .kv
+            .rev_range(
+                txn,
+                &(
+                    Bound::Included(lower.as_slice()),
+                    Bound::Excluded(this_row.as_slice()),
+                ),
+            )?
+            .next()
+        {
+            Some(item) => {
+                let (row, bytes) = item?;
+                let (_, pmain, _) = super::encoding::split_row_key(row)
+                    .ok_or_else(|| KvError::Storage("bad row key".into()))?;
+                let r: Record = decode(bytes)?;
+                (!r.tombstone).then(|| KeyValue {
+                    key: key.to_vec(),
+                    create_revision: r.create_revision,
+                    mod_revision: pmain,
+                    version: r.version,
+                    value: r.value,
+                    lease: r.lease,
+                })
+            }
+            None => None,
+        };
+        Ok(if record.tombstone {
+            Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: main,
+                    ..Default::default()
+                },
+                prev_kv: prev,
+            }
+        } else {
+            Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: key.to_vec(),
+                    create_revision: record.create_revision,
+                    mod_revision: main,
+                    version: record.version,
+                    value: record.value,
+                    lease: record.lease,
+                },
+                prev_kv: prev,
+            }
+        })
+    }
+
     /// The compacted revision (0 if never compacted).
     pub fn compacted_revision(&self, txn: &RoTxn) -> Result<i64, KvError> {
         Ok(self.meta_get(txn, META_COMPACTED)?.unwrap_or(0))

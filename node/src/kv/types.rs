@@ -21,6 +21,26 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
+/// What happened to a key at a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A put.
+    Put,
+    /// A delete.
+    Delete,
+}
+
+/// One change, as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key after the change (for a delete: key and mod_revision only).
+    pub kv: KeyValue,
+    /// The key before the change, if it existed and history still holds it.
+    pub prev_kv: Option<KeyValue>,
+}
+
 /// Sort order of a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum SortOrder {

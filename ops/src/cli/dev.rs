@@ -82,6 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
             tls: TlsPaths::in_dir(&tls_dir, name),
             raft: RaftSettings::default(),
             limits: Limits::default(),
+            watch: Default::default(),
         };
         running.push(crate::server::start(config).await?);
         println!(

@@ -478,3 +478,73 @@ fn compaction_removes_superseded_history_and_keeps_current_state() {
     assert_eq!(s.tables()[0].1.len(&rtxn).unwrap(), 1);
     assert_eq!(s.key_count(&rtxn).unwrap(), 1);
 }
+
+#[test]
+fn events_replay_history_with_prev_kv_and_whole_revisions() {
+    let (_d, s) = empty_store();
+    put(&s, "a", "1"); // 2
+    put(&s, "a", "2"); // 3
+    apply(
+        &s,
+        Command::Txn(TxnRequest {
+            success: vec![
+                RequestOp::Put(PutRequest {
+                    key: "b".into(),
+                    value: "x".into(),
+                    ..Default::default()
+                }),
+                RequestOp::DeleteRange(DeleteRangeRequest {
+                    key: "a".into(),
+                    ..Default::default()
+                }),
+            ],
+            ..Default::default()
+        }),
+    )
+    .unwrap(); // 4: two events
+    let rtxn = s.env().read_txn().unwrap();
+    let (all, last) = s.events(&rtxn, 1, 100).unwrap();
+    assert_eq!(last, 4);
+    let summary: Vec<_> = all
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                String::from_utf8(e.kv.key.clone()).unwrap(),
+                e.kv.mod_revision,
+                e.prev_kv.as_ref().map(|p| p.mod_revision),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (EventKind::Put, "a".into(), 2, None),
+            (EventKind::Put, "a".into(), 3, Some(2)),
+            (EventKind::Put, "b".into(), 4, None),
+            (EventKind::Delete, "a".into(), 4, Some(3)),
+        ]
+    );
+    assert_eq!(all[1].kv.version, 2);
+    assert_eq!(all[1].prev_kv.as_ref().unwrap().value, b"1");
+    // A limit never splits a revision: asking for 3 gives revisions 2..=4 whole.
+    let (some, last) = s.events(&rtxn, 2, 3).unwrap();
+    assert_eq!((some.len(), last), (4, 4));
+    let (some, last) = s.events(&rtxn, 2, 1).unwrap();
+    assert_eq!((some.len(), last), (1, 2));
+    let (none, last) = s.events(&rtxn, 5, 10).unwrap();
+    assert_eq!((none.len(), last), (0, 4));
+    drop(rtxn);
+    apply(
+        &s,
+        Command::Compact(CompactionRequest {
+            revision: 3,
+            physical: true,
+        }),
+    )
+    .unwrap();
+    let rtxn = s.env().read_txn().unwrap();
+    assert_eq!(s.events(&rtxn, 2, 10).unwrap_err(), KvError::Compacted);
+    let (after, _) = s.events(&rtxn, 3, 10).unwrap();
+    assert_eq!(after.first().map(|e| e.kv.mod_revision), Some(3));
+}

@@ -1,0 +1,391 @@
+//! `POST /v3/watch`: etcd's grpc-gateway watch stream. The request body is a
+//! sequence of JSON request objects (`create_request`, `cancel_request`,
+//! `progress_request`), read as they arrive; the response is a stream of
+//! `{"result": WatchResponse}` objects, one per line, flushed per message.
+//!
+//! Every watcher replays its changes from storage, in revision order, from
+//! the revision it has reached: there is no per-watcher event buffer to
+//! overflow. The response channel is bounded, so a client that stops reading
+//! stalls only its own watchers (they stop reading storage) and never the
+//! apply path or other clients; when it reads again its watchers catch up
+//! from storage without losing or repeating an event.
+
+use super::json::{self as wire, WatchCreate, WatchRequest};
+use crate::kv::{EventKind, KvError};
+use crate::server::{Node, NodeError};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Messages buffered per stream before its watchers wait for the client.
+const STREAM_BUFFER: usize = 16;
+/// Events read from storage per response (whole revisions).
+const EVENTS_PER_RESPONSE: usize = 1000;
+/// Request bytes buffered while a request object is incomplete.
+const PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+fn line(v: &Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// The sending side of a stream, counting what it queues.
+#[derive(Clone)]
+struct Out {
+    tx: mpsc::Sender<Bytes>,
+    node: Node,
+}
+
+impl Out {
+    async fn send(&self, v: &Value) -> bool {
+        let ok = self.tx.send(line(v)).await.is_ok();
+        if ok {
+            self.node.metrics().watch_queued.inc();
+        }
+        ok
+    }
+}
+
+/// Decrements a gauge when dropped.
+struct Held(prometheus::IntGauge);
+
+impl Held {
+    fn new(g: &prometheus::IntGauge) -> Held {
+        g.inc();
+        Held(g.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub(super) async fn watch(State(node): State<Node>, body: Body) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    let out = Out {
+        tx,
+        node: node.clone(),
+    };
+    tokio::spawn(session(node.clone(), body, out));
+    let queued = node.metrics().watch_queued.clone();
+    let stream = futures::stream::unfold((rx, queued), |(mut rx, queued)| async move {
+        let b = rx.recv().await?;
+        queued.dec();
+        Some((Ok::<_, Infallible>(b), (rx, queued)))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+struct Watcher {
+    task: JoinHandle<()>,
+    /// Every event up to this revision has been sent.
+    synced: Arc<AtomicI64>,
+}
+
+/// Reads request objects from the body and runs the stream's watchers.
+async fn session(node: Node, body: Body, tx: Out) {
+    let _stream = Held::new(&node.metrics().watch_streams);
+    let mut watchers: HashMap<i64, Watcher> = HashMap::new();
+    let mut next_id: i64 = 0;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stream = body.into_data_stream();
+    let mut ended_by_error = false;
+    'body: while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        pending.extend_from_slice(&chunk);
+        // Take every complete object; keep an incomplete tail for the next chunk.
+        let mut consumed = 0;
+        let mut objects = Vec::new();
+        {
+            let mut it = serde_json::Deserializer::from_slice(&pending).into_iter::<Value>();
+            loop {
+                match it.next() {
+                    Some(Ok(v)) => {
+                        consumed = it.byte_offset();
+                        objects.push(Ok(v));
+                    }
+                    Some(Err(e)) if e.is_eof() => break,
+                    Some(Err(e)) => {
+                        objects.push(Err(e.to_string()));
+                        break;
+                    }
+                    None => {
+                        consumed = pending.len();
+                        break;
+                    }
+                }
+            }
+        }
+        pending.drain(..consumed);
+        if pending.len() > PENDING_BYTES_MAX {
+            objects.push(Err("watch request object too large".into()));
+        }
+        for object in objects {
+            let request = object.and_then(|v| match v {
+                Value::Object(o) => {
+                    wire::watch_request(&o).map_err(|e| format!("{}: {}", e.field, e.reason))
+                }
+                _ => Err("expected a JSON object".into()),
+            });
+            let request = match request {
+                Ok(r) => r,
+                Err(message) => {
+                    // etcd ends the stream on a request it cannot decode.
+                    tx.send(&json!({
+                        "error": message, "message": message,
+                        "code": crate::kv::grpc_code::INVALID_ARGUMENT
+                    }))
+                    .await;
+                    ended_by_error = true;
+                    break 'body;
+                }
+            };
+            if !handle(&node, &tx, &mut watchers, &mut next_id, request).await {
+                break 'body;
+            }
+        }
+    }
+    // The request body has ended; the watchers run until the client goes
+    // away (or, after a request that could not be decoded, the stream ends).
+    if !ended_by_error {
+        tx.tx.closed().await;
+    }
+    for w in watchers.into_values() {
+        w.task.abort();
+    }
+}
+
+fn header_now(node: &Node) -> Result<crate::server::Header, NodeError> {
+    let (current, _) = node.revisions()?;
+    Ok(node.header(current))
+}
+
+/// Handles one request; false when the client is gone.
+async fn handle(
+    node: &Node,
+    tx: &Out,
+    watchers: &mut HashMap<i64, Watcher>,
+    next_id: &mut i64,
+    request: WatchRequest,
+) -> bool {
+    watchers.retain(|_, w| !w.task.is_finished());
+    let Ok(h) = header_now(node) else {
+        return false;
+    };
+    let reply = match request {
+        WatchRequest::Create(create) => {
+            let id = if create.watch_id != 0 {
+                create.watch_id
+            } else {
+                while watchers.contains_key(next_id) {
+                    *next_id += 1;
+                }
+                *next_id
+            };
+            if id < 0 || watchers.contains_key(&id) {
+                let reason = format!("watch id {id} is already in use or invalid");
+                wire::watch_response(
+                    &h,
+                    id,
+                    obj(json!({"created": true, "canceled": true, "cancel_reason": reason})),
+                )
+            } else if let Err(reason) = check_create(node, &create) {
+                wire::watch_response(
+                    &h,
+                    id,
+                    obj(json!({"created": true, "canceled": true, "cancel_reason": reason})),
+                )
+            } else {
+                if create.watch_id == 0 {
+                    *next_id += 1;
+                }
+                // The created response goes out before any event of this watcher.
+                if !tx
+                    .send(&wire::watch_response(&h, id, obj(json!({"created": true}))))
+                    .await
+                {
+                    return false;
+                }
+                let start = if create.start_revision > 0 {
+                    create.start_revision
+                } else {
+                    h.revision + 1
+                };
+                let synced = Arc::new(AtomicI64::new(start - 1));
+                let task = tokio::spawn(run_watcher(
+                    node.clone(),
+                    tx.clone(),
+                    id,
+                    create,
+                    start,
+                    synced.clone(),
+                ));
+                watchers.insert(id, Watcher { task, synced });
+                return true;
+            }
+        }
+        WatchRequest::Cancel(id) => match watchers.remove(&id) {
+            Some(w) => {
+                w.task.abort();
+                wire::watch_response(&h, id, obj(json!({"canceled": true})))
+            }
+            None => wire::watch_response(
+                &h,
+                id,
+                obj(json!({"canceled": true, "cancel_reason": format!("watch id {id} not found")})),
+            ),
+        },
+        WatchRequest::Progress => {
+            // Everything up to the slowest watcher's position has been sent.
+            let revision = watchers
+                .values()
+                .map(|w| w.synced.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(h.revision);
+            wire::watch_response(&node.header(revision), -1, Map::new())
+        }
+    };
+    tx.send(&reply).await
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(o) => o,
+        _ => Map::new(),
+    }
+}
+
+fn check_create(node: &Node, c: &WatchCreate) -> Result<(), String> {
+    if c.key.is_empty() {
+        return Err(KvError::EmptyKey.to_string());
+    }
+    if !c.range_end.is_empty() && c.range_end != b"\0" && c.range_end <= c.key {
+        return Err("etcdserver: range_end must be above key".into());
+    }
+    if c.start_revision < 0 {
+        return Err("etcdserver: start_revision must not be negative".into());
+    }
+    if c.key.len() > node.config().limits.key_bytes_max {
+        return Err(KvError::RequestTooLarge.to_string());
+    }
+    Ok(())
+}
+
+fn in_range(c: &WatchCreate, key: &[u8]) -> bool {
+    if c.range_end.is_empty() {
+        key == c.key.as_slice()
+    } else if c.range_end == b"\0" {
+        key >= c.key.as_slice()
+    } else {
+        key >= c.key.as_slice() && key < c.range_end.as_slice()
+    }
+}
+
+/// Delivers one watcher's events from `start` on until cancelled, compacted
+/// past, or the client is gone.
+async fn run_watcher(
+    node: Node,
+    tx: Out,
+    id: i64,
+    create: WatchCreate,
+    start: i64,
+    synced: Arc<AtomicI64>,
+) {
+    let _watcher = Held::new(&node.metrics().watchers);
+    let mut revisions = node.subscribe_revisions();
+    let progress_every = node.config().watch.progress_notify_interval;
+    let mut next = start;
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        let (events, last, current) = match node.events(next, EVENTS_PER_RESPONSE) {
+            Ok(r) => r,
+            Err(NodeError::Kv(KvError::Compacted)) => {
+                let compacted = node.revisions().map(|(_, c)| c).unwrap_or(0);
+                let mut h = node.header(0);
+                h.revision = 0;
+                let msg = wire::watch_response(
+                    &h,
+                    id,
+                    obj(json!({"canceled": true, "compact_revision": compacted.to_string()})),
+                );
+                tx.send(&msg).await;
+                return;
+            }
+            Err(e) => {
+                let msg = wire::watch_response(
+                    &node.header(0),
+                    id,
+                    obj(json!({"canceled": true, "cancel_reason": e.to_string()})),
+                );
+                tx.send(&msg).await;
+                return;
+            }
+        };
+        let selected: Vec<Value> = events
+            .iter()
+            .filter(|e| in_range(&create, &e.kv.key))
+            .filter(|e| match e.kind {
+                EventKind::Put => !create.no_put,
+                EventKind::Delete => !create.no_delete,
+            })
+            .map(|e| wire::event(e, create.prev_kv))
+            .collect();
+        if !selected.is_empty() {
+            let selected_count = selected.len() as u64;
+            let msg = wire::watch_response(
+                &node.header(current),
+                id,
+                obj(json!({ "events": selected })),
+            );
+            if !tx.send(&msg).await {
+                return;
+            }
+            node.metrics().watch_events.inc_by(selected_count);
+            idle_since = tokio::time::Instant::now();
+        }
+        if last >= next {
+            next = last + 1;
+        }
+        synced.store(next - 1, Ordering::Relaxed);
+        if last < current {
+            // More history to read: go on at once.
+            continue;
+        }
+        // Caught up: wait for new revisions (or, now and then, check storage
+        // anyway, e.g. after a snapshot was installed).
+        let wait = if create.progress_notify {
+            progress_every
+                .saturating_sub(idle_since.elapsed())
+                .min(Duration::from_secs(1))
+        } else {
+            Duration::from_secs(1)
+        };
+        if let Ok(Err(_)) = tokio::time::timeout(wait, revisions.changed()).await {
+            return; // the server is stopping
+        }
+        if create.progress_notify && idle_since.elapsed() >= progress_every {
+            let msg = wire::watch_response(&node.header(next - 1), id, Map::new());
+            if !tx.send(&msg).await {
+                return;
+            }
+            idle_since = tokio::time::Instant::now();
+        }
+    }
+}

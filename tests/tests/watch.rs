@@ -1,0 +1,218 @@
+//! Watches under failure: a watcher on a follower keeps receiving every event
+//! exactly once across a leader kill, a watcher that reconnects elsewhere
+//! from its last revision + 1 misses nothing, and a watcher that stops
+//! reading neither stalls writes nor loses events.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A watch stream being read line by line.
+struct Stream {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Stream {
+    async fn open(base: &str, key: &str, prefix: bool, start: i64) -> Stream {
+        let mut create = json!({"key": b64(key.as_bytes()), "start_revision": start.to_string()});
+        if prefix {
+            let mut end = key.as_bytes().to_vec();
+            *end.last_mut().expect("non-empty key") += 1;
+            create["range_end"] = json!(b64(&end));
+        }
+        let response = reqwest::Client::new()
+            .post(format!("{base}/v3/watch"))
+            .body(json!({ "create_request": create }).to_string())
+            .send()
+            .await
+            .expect("watch request");
+        let mut s = Stream {
+            response,
+            buf: Vec::new(),
+        };
+        let created = s.next(Duration::from_secs(5)).await.expect("created");
+        assert_eq!(created["result"]["created"], json!(true), "{created}");
+        s
+    }
+
+    /// The next response, or None after `quiet` without one (or at the end).
+    async fn next(&mut self, quiet: Duration) -> Option<Value> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(serde_json::from_slice(&line).expect("JSON line"));
+            }
+            match tokio::time::timeout(quiet, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Appends (mod_revision, value) of each event to `out` until it holds
+    /// `want` events or the stream is quiet for `quiet`.
+    async fn collect(&mut self, want: usize, quiet: Duration, out: &mut Vec<(i64, String)>) {
+        while out.len() < want {
+            let Some(v) = self.next(quiet).await else {
+                return;
+            };
+            for e in v["result"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                let rev = e["kv"]["mod_revision"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("mod_revision");
+                let value = String::from_utf8(unb64(&e["kv"]["value"])).expect("utf-8");
+                out.push((rev, value));
+            }
+        }
+    }
+}
+
+fn assert_exactly_once_in_order(seen: &[(i64, String)], expected: &[String]) {
+    let values: Vec<&String> = seen.iter().map(|(_, v)| v).collect();
+    let expected: Vec<&String> = expected.iter().collect();
+    assert_eq!(values, expected, "every event once, in order");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "revisions increase"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_follower_survives_a_leader_kill_and_resumes_elsewhere() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let (_, v) = put(c.url(follower), "w/start", "s").await.unwrap();
+    let start: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    let mut stream = Stream::open(c.url(follower), "w/", true, start).await;
+
+    let mut expected = vec!["s".to_string()];
+    for i in 0..20 {
+        let value = format!("before-{i}");
+        put(c.url(other), &format!("w/{i}"), &value).await.unwrap();
+        expected.push(value);
+    }
+    c.kill(leader);
+    // Writes continue under the new leader; the watcher on the follower sees them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    while i < 20 {
+        assert!(Instant::now() < deadline, "writes after the leader kill");
+        let value = format!("after-{i}");
+        match put(c.url(other), &format!("w/{i}"), &value).await {
+            Ok((200, _)) => {
+                expected.push(value);
+                i += 1;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut seen = Vec::new();
+    stream
+        .collect(expected.len(), Duration::from_secs(10), &mut seen)
+        .await;
+    assert_exactly_once_in_order(&seen, &expected);
+
+    // The watcher's server goes away; it resumes on another server from its
+    // last revision + 1, while the old leader is back and more writes happen.
+    let last_seen = seen.last().expect("events").0;
+    c.kill(follower);
+    c.restart(leader).await;
+    for i in 0..10 {
+        let value = format!("later-{i}");
+        loop {
+            if let Ok((200, _)) = put(c.url(other), &format!("w/{i}"), &value).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        expected.push(value);
+    }
+    let mut resumed = Stream::open(c.url(leader), "w/", true, last_seen + 1).await;
+    resumed
+        .collect(expected.len(), Duration::from_secs(10), &mut seen)
+        .await;
+    assert_exactly_once_in_order(&seen, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_stalls_nothing_and_then_gets_every_event() {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let (_, v) = put(&url, "s/first", "0").await.unwrap();
+    let start: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    // Opened, then not read while 10,000 writes go through.
+    let mut stalled = Stream::open(&url, "s/", true, start).await;
+    let http = reqwest::Client::new();
+    let mut expected = vec!["0".to_string()];
+    // Large enough that 10,000 events (about 28 MB of JSON) exceed what the
+    // socket buffers between server and client can absorb.
+    let value = "v".repeat(2000);
+    for batch in 0..100 {
+        let ops: Vec<Value> = (0..100)
+            .map(|i| {
+                json!({"request_put": {"key": b64(format!("s/{batch}/{i}").as_bytes()),
+                                       "value": b64(value.as_bytes())}})
+            })
+            .collect();
+        let r = http
+            .post(format!("{url}/v3/kv/txn"))
+            .json(&json!({ "success": ops }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "writes go on while a watcher stalls"
+        );
+        expected.extend((0..100).map(|_| value.clone()));
+    }
+    // Single puts too, each its own revision.
+    for i in 0..100 {
+        put(&url, &format!("s/single/{i}"), &format!("p{i}"))
+            .await
+            .unwrap();
+        expected.push(format!("p{i}"));
+    }
+    // The server holds the stalled watcher's place, not its events.
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(metric("meridian_watchers "), 1.0, "one watcher open");
+    assert!(
+        metric("meridian_watch_queued_responses ") <= 16.0,
+        "the stalled stream's queue stays within its bound"
+    );
+    assert!(
+        metric("meridian_watch_events_total ") < 10_000.0,
+        "the stalled watcher has not been handed its events yet"
+    );
+
+    let mut seen = Vec::new();
+    stalled
+        .collect(expected.len(), Duration::from_secs(10), &mut seen)
+        .await;
+    assert_eq!(seen.len(), expected.len(), "every event after the stall");
+    let values: Vec<&String> = seen.iter().map(|(_, v)| v).collect();
+    let want: Vec<&String> = expected.iter().collect();
+    assert_eq!(values, want);
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0));
+}
