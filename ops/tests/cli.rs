@@ -84,6 +84,28 @@ fn dev_runs_a_datacenter_that_answers_put_and_get() {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "greeting\nhello\n");
+
+        // `kv watch` prints history from --rev, then live changes, one line each.
+        let endpoints = format!("{},{}", urls[0], urls[1]);
+        let mut watcher = KillOnDrop(
+            meridian()
+                .args(["kv", "watch", "greet", "--prefix", "--rev", "1"])
+                .args(["--endpoints", &endpoints])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn kv watch"),
+        );
+        let mut watched = BufReader::new(watcher.0.stdout.take().expect("stdout")).lines();
+        let first = watched.next().expect("a line").expect("utf-8");
+        assert_eq!(first, "rev=2 PUT greeting hello");
+        client
+            .delete(format!("{}/v1/kv/greeting", urls[2]))
+            .send()
+            .await
+            .unwrap();
+        let second = watched.next().expect("a line").expect("utf-8");
+        assert_eq!(second, "rev=3 DELETE greeting");
     });
 }
 

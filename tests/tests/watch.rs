@@ -216,3 +216,98 @@ async fn a_watcher_that_stops_reading_stalls_nothing_and_then_gets_every_event()
     assert_eq!(values, want);
     assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0));
 }
+
+/// Reads Server-Sent Events until `n` events (not comments) have arrived.
+async fn sse_events(response: &mut reqwest::Response, n: usize) -> Vec<(i64, String, Value)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let Some(pos) = buf.find("\n\n") {
+            let block: String = buf.drain(..pos + 2).collect();
+            let (mut id, mut kind, mut data) = (0, String::new(), Value::Null);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().expect("numeric id");
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    kind = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).expect("JSON data");
+                }
+            }
+            if !kind.is_empty() {
+                out.push((id, kind, data));
+            }
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => buf.push_str(std::str::from_utf8(&chunk).expect("utf-8")),
+            _ => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_watch_streams_server_sent_events_and_resumes_after_last_event_id() {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let http = reqwest::Client::new();
+    let (_, v) = put(&url, "sse/a", "1").await.unwrap();
+    let first: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    put(&url, "sse/b", "2").await.unwrap();
+    put(&url, "other", "x").await.unwrap();
+    http.delete(format!("{url}/v1/kv/sse/a"))
+        .send()
+        .await
+        .unwrap();
+
+    let mut r = http
+        .get(format!("{url}/v1/watch/sse/?prefix&rev={first}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let events = sse_events(&mut r, 3).await;
+    let summary: Vec<(i64, &str, &str)> = events
+        .iter()
+        .map(|(id, kind, d)| (*id, kind.as_str(), d["kv"]["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (first, "put", "sse/a"),
+            (first + 1, "put", "sse/b"),
+            (first + 3, "delete", "sse/a"),
+        ]
+    );
+    assert_eq!(events[0].2["kv"]["value"], json!("1"));
+    assert_eq!(events[2].2["prev_kv"]["value"], json!("1"));
+    // Live, then a reconnect with Last-Event-ID resumes after it.
+    put(&url, "sse/c", "3").await.unwrap();
+    let live = sse_events(&mut r, 1).await;
+    assert_eq!(live[0].2["kv"]["key"], json!("sse/c"));
+    let mut resumed = http
+        .get(format!("{url}/v1/watch/sse/?prefix"))
+        .header("Last-Event-ID", (first + 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    let again = sse_events(&mut resumed, 2).await;
+    let ids: Vec<i64> = again.iter().map(|e| e.0).collect();
+    assert_eq!(ids, vec![first + 3, live[0].0]);
+    // Bad input answers 400 in the /v1 format.
+    for path in [
+        "/v1/watch/sse?rev=-1",
+        "/v1/watch/sse?stale",
+        "/v1/watch/%ff",
+    ] {
+        let r = http.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["field"].is_string(), "{path}: {v}");
+    }
+}

@@ -99,6 +99,7 @@ pub fn router(node: Node) -> Router {
             "/v1/kv/{*key}",
             get(v1::get).put(v1::put).delete(v1::delete),
         )
+        .route("/v1/watch/{*key}", get(watch::watch_sse))
         .route("/v1/status", get(v1::status))
         .route("/version", get(version))
         .route("/health", get(health))
@@ -140,6 +141,7 @@ fn route_label(path: &str) -> &'static str {
         "/ready" => "/ready",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/kv/") => "/v1/kv",
+        p if p.starts_with("/v1/watch/") => "/v1/watch",
         _ => "other",
     }
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-fn fail(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
+pub(super) fn fail(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
     (
         status,
         Json(json!({ "error": message.into(), "field": field })),
@@ -30,14 +30,14 @@ fn from_api(e: ApiError) -> Response {
 
 /// Query options of `/v1/kv`.
 #[derive(Default)]
-struct KvQuery {
-    prefix: bool,
-    stale: bool,
-    rev: i64,
-    cas: Option<i64>,
+pub(super) struct KvQuery {
+    pub(super) prefix: bool,
+    pub(super) stale: bool,
+    pub(super) rev: i64,
+    pub(super) cas: Option<i64>,
 }
 
-fn parse_query(raw: Option<&str>) -> Result<KvQuery, Response> {
+pub(super) fn parse_query(raw: Option<&str>) -> Result<KvQuery, Response> {
     let mut q = KvQuery::default();
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -88,9 +88,9 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The key named by the path, which must be valid UTF-8 after percent-decoding.
-fn key_of(uri: &Uri) -> Result<Vec<u8>, Response> {
-    let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
+/// The key named by the path after `prefix`, which must be valid UTF-8 after percent-decoding.
+pub(super) fn key_after(uri: &Uri, prefix: &str) -> Result<Vec<u8>, Response> {
+    let raw = uri.path().strip_prefix(prefix).unwrap_or("");
     let decoded = percent_decode(raw).ok_or_else(|| {
         fail(
             StatusCode::BAD_REQUEST,
@@ -122,7 +122,11 @@ fn text_or_base64(o: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u
     };
 }
 
-fn kv_json(kv: &KeyValue) -> Value {
+fn key_of(uri: &Uri) -> Result<Vec<u8>, Response> {
+    key_after(uri, "/v1/kv/")
+}
+
+pub(super) fn kv_json(kv: &KeyValue) -> Value {
     let mut o = serde_json::Map::new();
     text_or_base64(&mut o, "key", &kv.key);
     text_or_base64(&mut o, "value", &kv.value);

@@ -11,11 +11,12 @@
 //! from storage without losing or repeating an event.
 
 use super::json::{self as wire, WatchCreate, WatchRequest};
-use crate::kv::{EventKind, KvError};
+use super::v1;
+use crate::kv::{Event, EventKind, KvError};
 use crate::server::{Node, NodeError};
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
@@ -40,20 +41,124 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// How a stream's messages are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// etcd's `{"result": WatchResponse}` lines.
+    V3,
+    /// Server-Sent Events, one per change (`/v1/watch`).
+    Sse,
+}
+
 /// The sending side of a stream, counting what it queues.
 #[derive(Clone)]
 struct Out {
     tx: mpsc::Sender<Bytes>,
     node: Node,
+    format: Format,
 }
 
 impl Out {
-    async fn send(&self, v: &Value) -> bool {
-        let ok = self.tx.send(line(v)).await.is_ok();
+    async fn send_bytes(&self, b: Bytes) -> bool {
+        let ok = self.tx.send(b).await.is_ok();
         if ok {
             self.node.metrics().watch_queued.inc();
         }
         ok
+    }
+
+    async fn send(&self, v: &Value) -> bool {
+        self.send_bytes(line(v)).await
+    }
+
+    /// Sends one revision batch of selected events.
+    async fn events(&self, id: i64, current: i64, events: &[&Event], prev_kv: bool) -> bool {
+        match self.format {
+            Format::V3 => {
+                let list: Vec<Value> = events.iter().map(|e| wire::event(e, prev_kv)).collect();
+                let msg = wire::watch_response(
+                    &self.node.header(current),
+                    id,
+                    obj(json!({ "events": list })),
+                );
+                self.send(&msg).await
+            }
+            Format::Sse => {
+                let mut out = String::new();
+                for e in events {
+                    let kind = match e.kind {
+                        EventKind::Put => "put",
+                        EventKind::Delete => "delete",
+                    };
+                    let mut data = json!({ "type": kind.to_uppercase(), "kv": v1::kv_json(&e.kv) });
+                    if prev_kv {
+                        if let Some(p) = &e.prev_kv {
+                            data["prev_kv"] = v1::kv_json(p);
+                        }
+                    }
+                    out.push_str(&format!(
+                        "id: {}\nevent: {kind}\ndata: {data}\n\n",
+                        e.kv.mod_revision
+                    ));
+                }
+                self.send_bytes(Bytes::from(out)).await
+            }
+        }
+    }
+
+    /// The watch ends because its start revision was compacted.
+    async fn compacted(&self, id: i64, compacted: i64) {
+        match self.format {
+            Format::V3 => {
+                let mut h = self.node.header(0);
+                h.revision = 0;
+                let msg = wire::watch_response(
+                    &h,
+                    id,
+                    obj(json!({"canceled": true, "compact_revision": compacted.to_string()})),
+                );
+                self.send(&msg).await;
+            }
+            Format::Sse => {
+                let data =
+                    json!({"error": KvError::Compacted.to_string(), "compact_revision": compacted});
+                self.send_bytes(Bytes::from(format!("event: error\ndata: {data}\n\n")))
+                    .await;
+            }
+        }
+    }
+
+    /// The watch ends on an error.
+    async fn failed(&self, id: i64, reason: String) {
+        match self.format {
+            Format::V3 => {
+                let msg = wire::watch_response(
+                    &self.node.header(0),
+                    id,
+                    obj(json!({"canceled": true, "cancel_reason": reason})),
+                );
+                self.send(&msg).await;
+            }
+            Format::Sse => {
+                let data = json!({ "error": reason });
+                self.send_bytes(Bytes::from(format!("event: error\ndata: {data}\n\n")))
+                    .await;
+            }
+        }
+    }
+
+    /// Nothing happened up to `revision`.
+    async fn progress(&self, id: i64, revision: i64) -> bool {
+        match self.format {
+            Format::V3 => {
+                let msg = wire::watch_response(&self.node.header(revision), id, Map::new());
+                self.send(&msg).await
+            }
+            Format::Sse => {
+                self.send_bytes(Bytes::from(format!(": progress {revision}\n\n")))
+                    .await
+            }
+        }
     }
 }
 
@@ -78,17 +183,109 @@ pub(super) async fn watch(State(node): State<Node>, body: Body) -> Response {
     let out = Out {
         tx,
         node: node.clone(),
+        format: Format::V3,
     };
     tokio::spawn(session(node.clone(), body, out));
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        response_body(&node, rx),
+    )
+        .into_response()
+}
+
+fn response_body(node: &Node, rx: mpsc::Receiver<Bytes>) -> Body {
     let queued = node.metrics().watch_queued.clone();
     let stream = futures::stream::unfold((rx, queued), |(mut rx, queued)| async move {
         let b = rx.recv().await?;
         queued.dec();
         Some((Ok::<_, Infallible>(b), (rx, queued)))
     });
+    Body::from_stream(stream)
+}
+
+/// `GET /v1/watch/<key>?prefix&rev=N`: changes as Server-Sent Events, one per
+/// change, with the change's revision as the event id (a reconnecting
+/// EventSource resumes after `Last-Event-ID`). Without `rev`, changes after
+/// the current revision.
+pub(super) async fn watch_sse(
+    State(node): State<Node>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let key = match v1::key_after(&uri, "/v1/watch/") {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let q = match v1::parse_query(query.as_deref()) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    if q.stale || q.cas.is_some() {
+        return v1::fail(
+            StatusCode::BAD_REQUEST,
+            if q.stale { "stale" } else { "cas" },
+            "watch takes prefix and rev only",
+        );
+    }
+    let mut start = q.rev;
+    if let Some(last) = headers.get("last-event-id") {
+        match last
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+        {
+            Some(id) if id >= 0 => start = id + 1,
+            _ => {
+                return v1::fail(
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID",
+                    "Last-Event-ID must be a revision",
+                )
+            }
+        }
+    }
+    let create = WatchCreate {
+        range_end: if q.prefix {
+            crate::kv::prefix_end(&key)
+        } else {
+            Vec::new()
+        },
+        key,
+        start_revision: start,
+        prev_kv: true,
+        ..Default::default()
+    };
+    if let Err(reason) = check_create(&node, &create) {
+        return v1::fail(StatusCode::BAD_REQUEST, "key", reason);
+    }
+    let current = match node.revisions() {
+        Ok((current, _)) => current,
+        Err(e) => return super::ApiError::from(e).into_response(),
+    };
+    let start = if start > 0 { start } else { current + 1 };
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    let out = Out {
+        tx,
+        node: node.clone(),
+        format: Format::Sse,
+    };
+    let hello = Bytes::from(format!(": watching from revision {start}\n\n"));
+    out.send_bytes(hello).await;
+    let synced = Arc::new(AtomicI64::new(start - 1));
+    let closed = out.tx.clone();
+    let task = tokio::spawn(run_watcher(node.clone(), out, 0, create, start, synced));
+    // Stop the watcher as soon as the client goes away, even if idle.
+    tokio::spawn(async move {
+        closed.closed().await;
+        task.abort();
+    });
     (
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(stream),
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        response_body(&node, rx),
     )
         .into_response()
 }
@@ -318,46 +515,27 @@ async fn run_watcher(
             Ok(r) => r,
             Err(NodeError::Kv(KvError::Compacted)) => {
                 let compacted = node.revisions().map(|(_, c)| c).unwrap_or(0);
-                let mut h = node.header(0);
-                h.revision = 0;
-                let msg = wire::watch_response(
-                    &h,
-                    id,
-                    obj(json!({"canceled": true, "compact_revision": compacted.to_string()})),
-                );
-                tx.send(&msg).await;
+                tx.compacted(id, compacted).await;
                 return;
             }
             Err(e) => {
-                let msg = wire::watch_response(
-                    &node.header(0),
-                    id,
-                    obj(json!({"canceled": true, "cancel_reason": e.to_string()})),
-                );
-                tx.send(&msg).await;
+                tx.failed(id, e.to_string()).await;
                 return;
             }
         };
-        let selected: Vec<Value> = events
+        let selected: Vec<&Event> = events
             .iter()
             .filter(|e| in_range(&create, &e.kv.key))
             .filter(|e| match e.kind {
                 EventKind::Put => !create.no_put,
                 EventKind::Delete => !create.no_delete,
             })
-            .map(|e| wire::event(e, create.prev_kv))
             .collect();
         if !selected.is_empty() {
-            let selected_count = selected.len() as u64;
-            let msg = wire::watch_response(
-                &node.header(current),
-                id,
-                obj(json!({ "events": selected })),
-            );
-            if !tx.send(&msg).await {
+            if !tx.events(id, current, &selected, create.prev_kv).await {
                 return;
             }
-            node.metrics().watch_events.inc_by(selected_count);
+            node.metrics().watch_events.inc_by(selected.len() as u64);
             idle_since = tokio::time::Instant::now();
         }
         if last >= next {
@@ -381,8 +559,7 @@ async fn run_watcher(
             return; // the server is stopping
         }
         if create.progress_notify && idle_since.elapsed() >= progress_every {
-            let msg = wire::watch_response(&node.header(next - 1), id, Map::new());
-            if !tx.send(&msg).await {
+            if !tx.progress(id, next - 1).await {
                 return;
             }
             idle_since = tokio::time::Instant::now();
