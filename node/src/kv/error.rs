@@ -26,6 +26,12 @@ pub enum KvError {
     /// The lease named by a put does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A lease with this id exists already.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// The TTL asked for is above the largest allowed.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A transaction writes one key twice.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
@@ -73,7 +79,10 @@ impl KvError {
     pub fn grpc_code(&self) -> i32 {
         use grpc_code::*;
         match self {
-            KvError::Compacted | KvError::FutureRevision => OUT_OF_RANGE,
+            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
+                OUT_OF_RANGE
+            }
+            KvError::LeaseExists => FAILED_PRECONDITION,
             KvError::LeaseNotFound => NOT_FOUND,
             KvError::NoSpace => RESOURCE_EXHAUSTED,
             KvError::Storage(_) => INTERNAL,

@@ -42,6 +42,25 @@ pub struct KvStore {
     kv: Database<'static, Bytes, Bytes>,
     changes: Database<'static, Bytes, Bytes>,
     meta: Database<'static, Str, Bytes>,
+    /// Lease id (i64 BE) → [`LeaseRecord`].
+    leases: Database<'static, Bytes, Bytes>,
+    /// Lease id (i64 BE) ++ key → nothing: the keys attached to each lease.
+    lease_keys: Database<'static, Bytes, Bytes>,
+}
+
+/// A lease as stored: its granted TTL. When it expires is the leader's
+/// business (in memory), as in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// Granted time-to-live in seconds.
+    pub ttl: i64,
+}
+
+fn lease_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(key);
+    out
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, KvError> {
@@ -61,15 +80,22 @@ impl KvStore {
                 let kv = opener.create_database::<Bytes, Bytes>(wtxn, Some("kv"))?;
                 let changes = opener.create_database::<Bytes, Bytes>(wtxn, Some("changes"))?;
                 let meta = opener.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
-                Ok(heed::CommitOrAbort::<_, ()>::Commit((kv, changes, meta)))
+                let leases = opener.create_database::<Bytes, Bytes>(wtxn, Some("leases"))?;
+                let lease_keys =
+                    opener.create_database::<Bytes, Bytes>(wtxn, Some("lease_keys"))?;
+                Ok(heed::CommitOrAbort::<_, ()>::Commit((
+                    kv, changes, meta, leases, lease_keys,
+                )))
             })?
             .unwrap_commit();
-        let (kv, changes, meta) = tables;
+        let (kv, changes, meta, leases, lease_keys) = tables;
         Ok(KvStore {
             env,
             kv,
             changes,
             meta,
+            leases,
+            lease_keys,
         })
     }
 
@@ -219,12 +245,47 @@ impl KvStore {
     }
 
     /// Every table's rows, for snapshots: (table name, key, value).
-    pub fn tables(&self) -> [(&'static str, Database<'static, Bytes, Bytes>); 3] {
+    pub fn tables(&self) -> [(&'static str, Database<'static, Bytes, Bytes>); 5] {
         [
             ("kv", self.kv),
             ("changes", self.changes),
             ("meta", self.meta.remap_key_type::<Bytes>()),
+            ("leases", self.leases),
+            ("lease_keys", self.lease_keys),
         ]
+    }
+
+    /// A lease, if it exists.
+    pub fn lease(&self, txn: &RoTxn, id: i64) -> Result<Option<LeaseRecord>, KvError> {
+        match self.leases.get(txn, &id.to_be_bytes())? {
+            Some(bytes) => Ok(Some(decode(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self, txn: &RoTxn) -> Result<Vec<(i64, LeaseRecord)>, KvError> {
+        let mut out = Vec::new();
+        for item in self.leases.iter(txn)? {
+            let (id, bytes) = item?;
+            let id = i64::from_be_bytes(
+                id.try_into()
+                    .map_err(|_| KvError::Storage("bad lease id".into()))?,
+            );
+            out.push((id, decode(bytes)?));
+        }
+        Ok(out)
+    }
+
+    /// The keys attached to a lease, in key order.
+    pub fn lease_keys(&self, txn: &RoTxn, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
+        let prefix = id.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.lease_keys.prefix_iter(txn, &prefix)? {
+            let (k, _) = item?;
+            out.push(k[8..].to_vec());
+        }
+        Ok(out)
     }
 
     /// Answers a range at the revision it asks for.
@@ -469,7 +530,41 @@ impl<'t, 'e> KvWriter<'t, 'e> {
             Command::DeleteRange(req) => self.delete_range(req).map(Outcome::DeleteRange),
             Command::Txn(req) => self.txn(req).map(Outcome::Txn),
             Command::Compact(req) => self.compact(req.revision).map(|_| Outcome::Compacted),
+            Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl),
+            Command::LeaseRevoke { id } => self.lease_revoke(*id),
         }
+    }
+
+    /// Creates a lease (the revision does not change, as in etcd).
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<Outcome, KvError> {
+        if id <= 0 {
+            return Err(KvError::InvalidArgument(
+                "etcdserver: lease ID must be positive".into(),
+            ));
+        }
+        if self.store.lease(self.txn, id)?.is_some() {
+            return Err(KvError::LeaseExists);
+        }
+        self.store
+            .leases
+            .put(self.txn, &id.to_be_bytes(), &encode(&LeaseRecord { ttl })?)?;
+        Ok(Outcome::LeaseGranted { id, ttl })
+    }
+
+    /// Removes a lease and deletes every key attached to it, all at one revision.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<Outcome, KvError> {
+        if self.store.lease(self.txn, id)?.is_none() {
+            return Err(KvError::LeaseNotFound);
+        }
+        let keys = self.store.lease_keys(self.txn, id)?;
+        for key in keys {
+            self.delete_range(&DeleteRangeRequest {
+                key,
+                ..Default::default()
+            })?;
+        }
+        self.store.leases.delete(self.txn, &id.to_be_bytes())?;
+        Ok(Outcome::LeaseRevoked)
     }
 
     /// Finishes the command: records the new revision if anything was written.
@@ -510,8 +605,7 @@ impl<'t, 'e> KvWriter<'t, 'e> {
         } else {
             req.lease
         };
-        if lease != 0 {
-            // Leases arrive with the coordination primitives; until then none exists.
+        if lease != 0 && self.store.lease(self.txn, lease)?.is_none() {
             return Err(KvError::LeaseNotFound);
         }
         let value = if req.ignore_value {
@@ -539,6 +633,19 @@ impl<'t, 'e> KvWriter<'t, 'e> {
             }
         };
         self.write_row(&req.key, &record)?;
+        let before = prev.as_ref().map_or(0, |p| p.lease);
+        if before != lease {
+            if before != 0 {
+                self.store
+                    .lease_keys
+                    .delete(self.txn, &lease_key(before, &req.key))?;
+            }
+            if lease != 0 {
+                self.store
+                    .lease_keys
+                    .put(self.txn, &lease_key(lease, &req.key), &[])?;
+            }
+        }
         Ok(PutResponse {
             prev_kv: if req.prev_kv { prev } else { None },
         })
@@ -566,6 +673,11 @@ impl<'t, 'e> KvWriter<'t, 'e> {
             };
             self.write_row(&kv.key, &tomb)?;
             self.keys_delta -= 1;
+            if kv.lease != 0 {
+                self.store
+                    .lease_keys
+                    .delete(self.txn, &lease_key(kv.lease, &kv.key))?;
+            }
         }
         let deleted = victims.len() as i64;
         Ok(DeleteRangeResponse {

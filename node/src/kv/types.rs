@@ -288,6 +288,18 @@ pub enum Command {
     Txn(TxnRequest),
     /// Compaction.
     Compact(CompactionRequest),
+    /// Create a lease with a concrete id (chosen before proposing).
+    LeaseGrant {
+        /// The lease id.
+        id: i64,
+        /// Granted time-to-live, seconds.
+        ttl: i64,
+    },
+    /// Remove a lease and delete its keys (revoke or expiry).
+    LeaseRevoke {
+        /// The lease id.
+        id: i64,
+    },
 }
 
 impl Command {
@@ -324,7 +336,7 @@ impl Command {
             Command::Put(p) => p.key.len() + p.value.len(),
             Command::DeleteRange(d) => d.key.len() + d.range_end.len(),
             Command::Txn(t) => txn(t),
-            Command::Compact(_) => 8,
+            Command::Compact(_) | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
         }
     }
 }
@@ -342,6 +354,15 @@ pub enum Outcome {
     Txn(TxnResponse),
     /// Compaction done.
     Compacted,
+    /// A lease was created.
+    LeaseGranted {
+        /// Its id.
+        id: i64,
+        /// Its TTL.
+        ttl: i64,
+    },
+    /// A lease was removed with its keys.
+    LeaseRevoked,
 }
 
 /// What applying one log entry produced: the store's revision after it and the answer.

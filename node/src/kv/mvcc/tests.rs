@@ -548,3 +548,100 @@ fn events_replay_history_with_prev_kv_and_whole_revisions() {
     let (after, _) = s.events(&rtxn, 3, 10).unwrap();
     assert_eq!(after.first().map(|e| e.kv.mod_revision), Some(3));
 }
+
+fn put_lease(store: &KvStore, k: &str, lease: i64) -> Result<i64, KvError> {
+    apply(
+        store,
+        Command::Put(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }),
+    )
+    .map(|(rev, _)| rev)
+}
+
+#[test]
+fn leases_hold_keys_and_revoking_deletes_them_at_one_revision() {
+    let (_d, s) = empty_store();
+    assert_eq!(put_lease(&s, "a", 7), Err(KvError::LeaseNotFound));
+    let (rev, out) = apply(&s, Command::LeaseGrant { id: 7, ttl: 10 }).unwrap();
+    assert_eq!((rev, out), (1, Outcome::LeaseGranted { id: 7, ttl: 10 }));
+    assert_eq!(
+        apply(&s, Command::LeaseGrant { id: 7, ttl: 5 }).unwrap_err(),
+        KvError::LeaseExists
+    );
+    put_lease(&s, "a", 7).unwrap();
+    put_lease(&s, "b", 7).unwrap();
+    put_lease(&s, "c", 7).unwrap();
+    // Re-put without the lease detaches "c"; deleting "b" detaches it too.
+    put_lease(&s, "c", 0).unwrap();
+    apply(
+        &s,
+        Command::DeleteRange(DeleteRangeRequest {
+            key: "b".into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    put_lease(&s, "d", 7).unwrap();
+    {
+        let rtxn = s.env().read_txn().unwrap();
+        assert_eq!(
+            s.lease_keys(&rtxn, 7).unwrap(),
+            vec![b"a".to_vec(), b"d".to_vec()]
+        );
+        assert_eq!(get(&s, "a", 0).unwrap().lease, 7);
+    }
+    let (rev, out) = apply(&s, Command::LeaseRevoke { id: 7 }).unwrap();
+    assert_eq!(out, Outcome::LeaseRevoked);
+    assert!(get(&s, "a", 0).is_none() && get(&s, "d", 0).is_none());
+    assert!(get(&s, "c", 0).is_some(), "detached keys stay");
+    let rtxn = s.env().read_txn().unwrap();
+    let (events, _) = s.events(&rtxn, rev, 10).unwrap();
+    assert_eq!(events.len(), 2, "both deletes at revision {rev}");
+    assert!(events
+        .iter()
+        .all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == rev));
+    assert!(s.lease(&rtxn, 7).unwrap().is_none());
+    assert!(s.lease_keys(&rtxn, 7).unwrap().is_empty());
+    drop(rtxn);
+    assert_eq!(
+        apply(&s, Command::LeaseRevoke { id: 7 }).unwrap_err(),
+        KvError::LeaseNotFound
+    );
+}
+
+#[test]
+fn a_failed_txn_leaves_no_lease_attachment_behind() {
+    let (_d, s) = empty_store();
+    apply(&s, Command::LeaseGrant { id: 1, ttl: 10 }).unwrap();
+    // Attach "x" to lease 1, then fail on an unknown lease: all rolled back.
+    let env = s.env();
+    let mut wtxn = env.write_txn().unwrap();
+    {
+        let mut nested = env.nested_write_txn(&mut wtxn).unwrap();
+        let mut w = KvWriter::new(s, &mut nested).unwrap();
+        let r = w.apply(&Command::Txn(TxnRequest {
+            success: vec![
+                RequestOp::Put(PutRequest {
+                    key: "x".into(),
+                    lease: 1,
+                    ..Default::default()
+                }),
+                RequestOp::Put(PutRequest {
+                    key: "y".into(),
+                    lease: 2,
+                    ..Default::default()
+                }),
+            ],
+            ..Default::default()
+        }));
+        assert_eq!(r.unwrap_err(), KvError::LeaseNotFound);
+        nested.abort();
+    }
+    wtxn.commit().unwrap();
+    let rtxn = s.env().read_txn().unwrap();
+    assert!(s.lease_keys(&rtxn, 1).unwrap().is_empty());
+}
