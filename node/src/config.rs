@@ -89,6 +89,20 @@ impl Default for WatchSettings {
     }
 }
 
+/// Lease settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// Shortest TTL a lease gets (shorter requests are raised to it, as etcd does).
+    pub min_ttl_seconds: i64,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        // etcd's default minimum: 1.5 election timeouts, in whole seconds.
+        LeaseSettings { min_ttl_seconds: 3 }
+    }
+}
+
 /// Everything one server needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -116,4 +130,6 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Watch settings.
     pub watch: WatchSettings,
+    /// Lease settings.
+    pub lease: LeaseSettings,
 }

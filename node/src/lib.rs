@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod kv;
+pub mod lessor;
 pub mod metrics;
 pub mod raft;
 mod server;

@@ -4,6 +4,7 @@
 
 use crate::config::NodeConfig;
 use crate::kv::*;
+use crate::lessor::{Lessor, TTL_MAX};
 use crate::metrics::Metrics;
 use crate::raft::network::ForwardError;
 use crate::raft::{
@@ -130,6 +131,8 @@ struct Inner {
     store: KvStore,
     /// The latest applied revision, for watchers to wait on.
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
+    /// Lease clocks while this server leads.
+    lessor: Arc<Lessor>,
     network: PeerNetwork,
     endpoint: Endpoint,
     metrics: Arc<Metrics>,
@@ -146,6 +149,7 @@ struct Observer {
     metrics: Arc<Metrics>,
     name: String,
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
+    lessor: Arc<Lessor>,
 }
 
 struct LogMetrics(Arc<Metrics>);
@@ -164,6 +168,14 @@ impl raft::ApplyObserver for Observer {
         self.metrics.applied_index.set(last.index as i64);
         self.metrics.revision.set(revision);
         self.revisions.send_replace(revision);
+    }
+    fn leases(&self, granted: &[(i64, i64)], revoked: &[i64]) {
+        for &(id, ttl) in granted {
+            self.lessor.granted(id, ttl);
+        }
+        for &id in revoked {
+            self.lessor.revoked(id);
+        }
     }
     fn snapshot(
         &self,
@@ -202,10 +214,12 @@ impl Node {
             LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
         let kv = KvStore::open(state_env)?;
         let revisions = Arc::new(tokio::sync::watch::channel(0).0);
+        let lessor = Arc::new(Lessor::default());
         let observer = Arc::new(Observer {
             metrics: metrics.clone(),
             name: config.name.clone(),
             revisions: revisions.clone(),
+            lessor: lessor.clone(),
         });
         let state_machine = StateMachine::new(kv, config.data_dir.join("snapshots"), observer)
             .map_err(|e| NodeError::Storage(e.to_string()))?;
@@ -255,6 +269,7 @@ impl Node {
                 raft,
                 store: kv,
                 revisions,
+                lessor,
                 network,
                 endpoint: endpoint.clone(),
                 metrics,
@@ -272,6 +287,7 @@ impl Node {
         node.bootstrap_once().await?;
         node.refresh_store_metrics();
         tokio::spawn(watch_raft_metrics(node.clone()));
+        tokio::spawn(drive_leases(node.clone()));
         Ok(node)
     }
 
@@ -512,6 +528,163 @@ impl Node {
             .map_err(|e| NodeError::Storage(e.to_string()))
     }
 
+    /// etcd's LeaseGrant: `id` 0 lets the server choose; a TTL below the
+    /// configured minimum is raised to it. Answers (id, TTL).
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(Header, i64, i64), NodeError> {
+        if ttl < 0 {
+            return Err(
+                KvError::InvalidArgument("etcdserver: TTL must not be negative".into()).into(),
+            );
+        }
+        if ttl > TTL_MAX {
+            return Err(KvError::LeaseTtlTooLarge.into());
+        }
+        if id < 0 {
+            return Err(KvError::InvalidArgument(
+                "etcdserver: lease ID must not be negative".into(),
+            )
+            .into());
+        }
+        let ttl = ttl.max(self.inner.config.lease.min_ttl_seconds);
+        let mut attempts = 0;
+        loop {
+            let chosen = if id != 0 {
+                id
+            } else {
+                new_lease_id(self.inner.id)
+            };
+            match self.write(Command::LeaseGrant { id: chosen, ttl }).await {
+                Ok((h, Outcome::LeaseGranted { id, ttl })) => return Ok((h, id, ttl)),
+                Ok(_) => return Err(NodeError::Raft("unexpected outcome".into())),
+                Err(NodeError::Kv(KvError::LeaseExists)) if id == 0 && attempts < 3 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// etcd's LeaseRevoke: the lease goes, and every key attached to it at one revision.
+    pub async fn lease_revoke(&self, id: i64) -> Result<Header, NodeError> {
+        Ok(self.write(Command::LeaseRevoke { id }).await?.0)
+    }
+
+    /// etcd's LeaseKeepAlive: restarts the lease's clock at the leader;
+    /// the TTL, or 0 if the lease does not exist (as etcd answers).
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<(Header, i64), NodeError> {
+        let clock = self.lease_clock(id, true).await?;
+        let (current, _) = self.revisions()?;
+        Ok((
+            self.header(current),
+            clock.map_or(0, |(_, granted)| granted),
+        ))
+    }
+
+    /// etcd's LeaseTimeToLive: (remaining, granted) seconds and, if asked,
+    /// the attached keys; None if the lease does not exist.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        with_keys: bool,
+    ) -> Result<(Header, Option<(i64, i64, Vec<Vec<u8>>)>), NodeError> {
+        let clock = self.lease_clock(id, false).await?;
+        self.read_barrier().await?;
+        let rtxn = self.read_txn()?;
+        let store = self.inner.store;
+        let header = self.header(store.revision(&rtxn)?);
+        let Some((remaining, granted)) = clock else {
+            return Ok((header, None));
+        };
+        if store.lease(&rtxn, id)?.is_none() {
+            return Ok((header, None));
+        }
+        let keys = if with_keys {
+            store.lease_keys(&rtxn, id)?
+        } else {
+            Vec::new()
+        };
+        Ok((header, Some((remaining, granted, keys))))
+    }
+
+    /// etcd's LeaseLeases: every lease id.
+    pub async fn lease_list(&self) -> Result<(Header, Vec<i64>), NodeError> {
+        self.read_barrier().await?;
+        let rtxn = self.read_txn()?;
+        let store = self.inner.store;
+        let ids = store.leases(&rtxn)?.into_iter().map(|(id, _)| id).collect();
+        Ok((self.header(store.revision(&rtxn)?), ids))
+    }
+
+    /// A lease's (remaining, granted) at the leader, asked over the peer
+    /// transport from a follower; `renew` restarts its clock first.
+    async fn lease_clock(&self, id: i64, renew: bool) -> Result<Option<(i64, i64)>, NodeError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.config.limits.request_timeout;
+        loop {
+            let answer = match self.known_leader() {
+                Some((leader, _)) if leader == inner.id => self.leader_lease_clock(id, renew),
+                Some((leader, member)) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let request = if renew {
+                        PeerRequest::LeaseKeepAlive(id)
+                    } else {
+                        PeerRequest::LeaseClock(id)
+                    };
+                    let sent = inner.network.send(&member, &request, remaining);
+                    tokio::select! {
+                        answer = sent => match answer {
+                            Ok(PeerResponse::LeaseClock(a)) => a,
+                            _ => Err(ForwardError::Unavailable("no answer".into())),
+                        },
+                        _ = self.leader_left(leader) => Err(ForwardError::Unavailable("leader changed".into())),
+                    }
+                }
+                None => Err(ForwardError::Unavailable("no leader".into())),
+            };
+            match answer {
+                Ok(clock) => return Ok(clock),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(_) => return Err(NodeError::NoLeader),
+            }
+        }
+    }
+
+    /// The leader's side of [`Node::lease_clock`].
+    fn leader_lease_clock(&self, id: i64, renew: bool) -> Result<Option<(i64, i64)>, ForwardError> {
+        let lessor = &self.inner.lessor;
+        if lessor.leading().is_none() {
+            return Err(ForwardError::NotLeader {
+                leader: self.known_leader(),
+            });
+        }
+        if renew {
+            if let Some(ttl) = lessor.keep_alive(id) {
+                return Ok(Some((ttl, ttl)));
+            }
+        }
+        if let Some(c) = lessor.clock(id) {
+            // Known but expired and being revoked: gone as far as clients are concerned.
+            if renew {
+                return Ok(None);
+            }
+            return Ok(Some((c.remaining, c.granted)));
+        }
+        // Granted by an entry this leader has applied before its clocks knew it.
+        let stored = self
+            .read_txn()
+            .ok()
+            .and_then(|rtxn| self.inner.store.lease(&rtxn, id).ok().flatten());
+        match stored {
+            Some(record) => {
+                lessor.adopt(id, record.ttl);
+                Ok(lessor.clock(id).map(|c| (c.remaining, c.granted)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// A receiver that changes whenever entries are applied (to the new revision).
     pub fn subscribe_revisions(&self) -> tokio::sync::watch::Receiver<i64> {
         self.inner.revisions.subscribe()
@@ -691,6 +864,12 @@ impl Node {
                     }
                 })
             }
+            PeerRequest::LeaseKeepAlive(id) => {
+                PeerResponse::LeaseClock(self.leader_lease_clock(id, true))
+            }
+            PeerRequest::LeaseClock(id) => {
+                PeerResponse::LeaseClock(self.leader_lease_clock(id, false))
+            }
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(match raft.get_read_log_id().await {
                 Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -708,6 +887,67 @@ impl Node {
     pub async fn shutdown(&self) {
         let _ = self.inner.raft.shutdown().await;
         self.inner.endpoint.shutdown().await;
+    }
+}
+
+/// A fresh lease id: positive, from the clock and this server's id, so two
+/// servers granting at once do not collide (a collision is retried anyway).
+fn new_lease_id(member: u64) -> i64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mixed = (member.rotate_left(48) ^ nanos ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        & (i64::MAX as u64);
+    (mixed as i64).max(1)
+}
+
+/// Expired leases revoked per tick of [`drive_leases`] (10 ticks a second).
+const LEASE_REVOKE_BATCH: usize = 64;
+
+/// Keeps the lease clocks in step with leadership and revokes expired leases
+/// through Raft, at most [`LEASE_REVOKE_BATCH`] per tick.
+async fn drive_leases(node: Node) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let extend = node.inner.config.raft.election_timeout_max;
+    loop {
+        tick.tick().await;
+        let (state, term) = {
+            let metrics = node.inner.raft.metrics();
+            let m = metrics.borrow();
+            (m.state, m.current_term)
+        };
+        let lessor = &node.inner.lessor;
+        if state != ServerState::Leader {
+            if lessor.leading().is_some() {
+                lessor.step_down();
+            }
+            continue;
+        }
+        if lessor.leading() != Some(term) {
+            let leases = node
+                .read_txn()
+                .ok()
+                .and_then(|rtxn| node.inner.store.leases(&rtxn).ok());
+            let Some(leases) = leases else { continue };
+            let ttls: Vec<(i64, i64)> = leases.iter().map(|(id, r)| (*id, r.ttl)).collect();
+            lessor.become_leader(term, &ttls, extend);
+            tracing::info!(server = %node.inner.config.name, term, leases = ttls.len(), "lease clocks restarted");
+        }
+        for id in lessor.expired(LEASE_REVOKE_BATCH) {
+            let node = node.clone();
+            tokio::spawn(async move {
+                match node.write(Command::LeaseRevoke { id }).await {
+                    Ok(_) => {}
+                    Err(NodeError::Kv(KvError::LeaseNotFound)) => node.inner.lessor.revoked(id),
+                    Err(_) => node.inner.lessor.retry(id),
+                }
+            });
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use meridian_gateway::tls::TlsPaths;
-use meridian_node::config::{InitialMember, Limits, RaftSettings, WatchSettings};
+use meridian_node::config::{InitialMember, LeaseSettings, Limits, RaftSettings, WatchSettings};
 use meridian_node::NodeConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -31,6 +31,8 @@ struct FileConfig {
     limits: LimitsSection,
     #[serde(default)]
     watch: WatchSection,
+    #[serde(default)]
+    lease: LeaseSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +113,20 @@ impl Default for WatchSection {
             progress_notify_interval_ms: WatchSettings::default()
                 .progress_notify_interval
                 .as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LeaseSection {
+    min_ttl_seconds: i64,
+}
+
+impl Default for LeaseSection {
+    fn default() -> Self {
+        LeaseSection {
+            min_ttl_seconds: LeaseSettings::default().min_ttl_seconds,
         }
     }
 }
@@ -201,7 +217,13 @@ fn validate(f: FileConfig) -> Result<NodeConfig> {
             "must be greater than zero",
         ));
     }
+    if f.lease.min_ttl_seconds < 1 {
+        return Err(bad("lease.min_ttl_seconds", "must be at least 1"));
+    }
     Ok(NodeConfig {
+        lease: LeaseSettings {
+            min_ttl_seconds: f.lease.min_ttl_seconds,
+        },
         watch: WatchSettings {
             progress_notify_interval: Duration::from_millis(f.watch.progress_notify_interval_ms),
         },

@@ -588,8 +588,18 @@ async fn v3_answers_match_etcd_3_4() {
 /// Opens a watch stream with `body` and returns its first `n` JSON lines
 /// (fewer if the stream goes quiet for 3 s), keeping the response open for more.
 async fn watch_lines(base: &str, body: &str, n: usize) -> (Vec<Value>, reqwest::Response, Vec<u8>) {
+    watch_lines_at(base, "/v3/watch", body, n).await
+}
+
+/// Like [`watch_lines`] for any streaming path.
+async fn watch_lines_at(
+    base: &str,
+    path: &str,
+    body: &str,
+    n: usize,
+) -> (Vec<Value>, reqwest::Response, Vec<u8>) {
     let mut response = reqwest::Client::new()
-        .post(format!("{base}/v3/watch"))
+        .post(format!("{base}{path}"))
         .body(body.to_string())
         .send()
         .await
@@ -725,4 +735,92 @@ async fn watch_streams_match_etcd_3_4() {
     let (m, _, _) = watch_lines(&systems[1], &body, 2).await;
     assert_eq!(e.len(), 2, "{e:?}");
     assert_eq!(m, e, "compacted watch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_answers_match_etcd_3_4() {
+    let etcd = Etcd::start().await;
+    let meridian = Cluster::start(1).await;
+    let systems = [etcd.url.clone(), meridian.url(0).to_string()];
+    let steps: Vec<Step> = vec![
+        step("/v3/lease/grant", json!({"TTL": "60", "ID": "100"})),
+        step("/v3/lease/grant", json!({"TTL": 30, "ID": 200})),
+        step("/v3/lease/grant", json!({"TTL": "60", "ID": "100"})),
+        step("/v3/lease/grant", json!({"TTL": "9000000001"})),
+        step(
+            "/v3/kv/put",
+            json!({"key": k("la"), "value": k("1"), "lease": "100"}),
+        ),
+        step(
+            "/v3/kv/put",
+            json!({"key": k("lb"), "value": k("2"), "lease": "100"}),
+        ),
+        step(
+            "/v3/kv/put",
+            json!({"key": k("lc"), "value": k("3"), "lease": "200"}),
+        ),
+        step(
+            "/v3/kv/put",
+            json!({"key": k("lc"), "value": k("33"), "ignore_lease": true, "prev_kv": true}),
+        ),
+        step(
+            "/v3/kv/put",
+            json!({"key": k("ld"), "value": k("4"), "lease": "300"}),
+        ),
+        step("/v3/lease/timetolive", json!({"ID": "999"})),
+        step(
+            "/v3/kv/lease/timetolive",
+            json!({"ID": "999", "keys": true}),
+        ),
+        step(
+            "/v3/kv/txn",
+            json!({
+                "compare": [{"key": k("la"), "target": "LEASE", "result": "EQUAL", "lease": "100"}],
+                "success": [{"request_range": {"key": k("l"), "range_end": k("m")}}]
+            }),
+        ),
+        step("/v3/lease/revoke", json!({"ID": "999"})),
+        step("/v3/lease/revoke", json!({"ID": "100"})),
+        step("/v3/kv/range", json!({"key": k("l"), "range_end": k("m")})),
+        step("/v3/kv/lease/revoke", json!({"ID": "100"})),
+        step("/v3/lease/timetolive", json!({"ID": "100"})),
+    ];
+    let mut failures = Vec::new();
+    for (i, st) in steps.iter().enumerate() {
+        let (es, mut ev) = send(&systems[0], st).await;
+        let (ms, mut mv) = send(&systems[1], st).await;
+        normalize(&mut ev);
+        normalize(&mut mv);
+        if (es, &ev) != (ms, &mv) {
+            failures.push(format!(
+                "step {i} {} {}\n  etcd     {es} {ev}\n  meridian {ms} {mv}",
+                st.path,
+                String::from_utf8_lossy(&st.body)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Time-to-live with keys: remaining TTL counts down from the grant.
+    for base in &systems {
+        let (_, v) = send(
+            base,
+            &step("/v3/lease/timetolive", json!({"ID": "200", "keys": true})),
+        )
+        .await;
+        assert_eq!(v["grantedTTL"], json!("30"), "{base}: {v}");
+        let ttl: i64 = v["TTL"].as_str().unwrap().parse().unwrap();
+        assert!((28..=30).contains(&ttl), "{base}: {v}");
+        assert_eq!(v["keys"], json!([k("lc")]), "{base}: {v}");
+        let (_, v) = send(base, &step("/v3/lease/leases", json!({}))).await;
+        assert_eq!(v["leases"], json!([{"ID": "200"}]), "{base}: {v}");
+    }
+    // Keep-alive stream: one answer per request object; TTL absent for an unknown lease.
+    let body = r#"{"ID":"200"}{"ID":"999"}"#;
+    let (e, _, _) = watch_lines_at(&systems[0], "/v3/lease/keepalive", body, 2).await;
+    let (m, _, _) = watch_lines_at(&systems[1], "/v3/lease/keepalive", body, 2).await;
+    assert_eq!(m, e, "keep-alive answers");
+    // Bad input: a negative TTL is refused (etcd raises it to its minimum instead).
+    let (s, v) = send(&systems[1], &step("/v3/lease/grant", json!({"TTL": "-5"}))).await;
+    assert_eq!((s, v["code"].clone()), (400, json!(3)), "{v}");
 }

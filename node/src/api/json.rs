@@ -327,6 +327,11 @@ fn put_int(o: &mut Obj, name: &str, v: i64) {
     }
 }
 
+/// Standard base64, as etcd encodes bytes.
+pub fn b64(v: &[u8]) -> String {
+    STANDARD.encode(v)
+}
+
 fn put_bytes(o: &mut Obj, name: &str, v: &[u8]) {
     if !v.is_empty() {
         o.insert(name.into(), Value::String(STANDARD.encode(v)));

@@ -3,6 +3,7 @@
 //! validate and call the node's typed operations; they never touch storage.
 
 mod json;
+mod lease;
 mod v1;
 mod v3;
 mod watch;
@@ -44,7 +45,8 @@ impl ApiError {
 /// grpc-gateway's mapping from gRPC codes to HTTP statuses.
 fn http_status(code: i32) -> StatusCode {
     match code {
-        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        3 | 11 => StatusCode::BAD_REQUEST,
+        9 => StatusCode::PRECONDITION_FAILED,
         4 => StatusCode::GATEWAY_TIMEOUT,
         5 => StatusCode::NOT_FOUND,
         8 => StatusCode::TOO_MANY_REQUESTS,
@@ -95,6 +97,14 @@ pub fn router(node: Node) -> Router {
         .route("/v3/maintenance/status", post(v3::status))
         .route("/v3/cluster/member/list", post(v3::member_list))
         .route("/v3/watch", post(watch::watch))
+        .route("/v3/lease/grant", post(lease::grant))
+        .route("/v3/lease/revoke", post(lease::revoke))
+        .route("/v3/kv/lease/revoke", post(lease::revoke))
+        .route("/v3/lease/keepalive", post(lease::keep_alive))
+        .route("/v3/lease/timetolive", post(lease::time_to_live))
+        .route("/v3/kv/lease/timetolive", post(lease::time_to_live))
+        .route("/v3/lease/leases", post(lease::leases))
+        .route("/v3/kv/lease/leases", post(lease::leases))
         .route(
             "/v1/kv/{*key}",
             get(v1::get).put(v1::put).delete(v1::delete),
@@ -135,6 +145,11 @@ fn route_label(path: &str) -> &'static str {
         "/v3/maintenance/status" => "/v3/maintenance/status",
         "/v3/cluster/member/list" => "/v3/cluster/member/list",
         "/v3/watch" => "/v3/watch",
+        "/v3/lease/grant" => "/v3/lease/grant",
+        "/v3/lease/revoke" | "/v3/kv/lease/revoke" => "/v3/lease/revoke",
+        "/v3/lease/keepalive" => "/v3/lease/keepalive",
+        "/v3/lease/timetolive" | "/v3/kv/lease/timetolive" => "/v3/lease/timetolive",
+        "/v3/lease/leases" | "/v3/kv/lease/leases" => "/v3/lease/leases",
         "/v1/status" => "/v1/status",
         "/version" => "/version",
         "/health" => "/health",

@@ -58,6 +58,10 @@ pub enum PeerRequest {
     Write(Command),
     /// Asks the leader for a log index that a linearizable read must wait for.
     ReadIndex,
+    /// Asks the leader to restart a lease's clock.
+    LeaseKeepAlive(i64),
+    /// Asks the leader how long a lease has left.
+    LeaseClock(i64),
 }
 
 /// Why the leader could not serve a forwarded request.
@@ -87,6 +91,8 @@ pub enum PeerResponse {
     Write(Result<Applied, ForwardError>),
     /// Read index answer.
     ReadIndex(Result<u64, ForwardError>),
+    /// A lease's (remaining, granted) TTL at the leader; None if it has none.
+    LeaseClock(Result<Option<(i64, i64)>, ForwardError>),
 }
 
 /// Builds Raft clients over one endpoint.

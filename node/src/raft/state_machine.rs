@@ -3,7 +3,7 @@
 
 use super::snapshot::{self, SnapshotError};
 use super::types::{storage_io, LogId, Member, StorageError, StoredMembership, TypeConfig};
-use crate::kv::{Applied, Command, KvError, KvStore, KvWriter};
+use crate::kv::{Applied, Command, KvError, KvStore, KvWriter, Outcome};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use std::path::PathBuf;
@@ -19,6 +19,8 @@ const INCOMING_SNAPSHOT: &str = "incoming.snap";
 pub trait ApplyObserver: Send + Sync + 'static {
     /// A batch of entries was applied; `revision` is the store's revision after it.
     fn applied(&self, last: LogId, revision: i64, entries: usize);
+    /// Leases were granted (id, TTL) or revoked by the batch just applied.
+    fn leases(&self, granted: &[(i64, i64)], revoked: &[i64]);
     /// A snapshot was built or installed.
     fn snapshot(
         &self,
@@ -29,7 +31,10 @@ pub trait ApplyObserver: Send + Sync + 'static {
 }
 
 /// The answers of a batch, and its last log id with the revision after it.
-type AppliedBatch = (Vec<Vec<Applied>>, Option<(LogId, i64)>);
+type AppliedBatch = (Vec<Vec<Applied>>, Option<(LogId, i64)>, LeaseChanges);
+
+/// Leases granted (id, TTL) and revoked by a batch.
+type LeaseChanges = (Vec<(i64, i64)>, Vec<i64>);
 
 /// The state machine storage; cheap to clone.
 #[derive(Clone)]
@@ -59,6 +64,7 @@ impl StateMachine {
         let mut wtxn = env.write_txn()?;
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
+        let mut leases: LeaseChanges = (Vec::new(), Vec::new());
         for entry in &entries {
             let applied = match &entry.payload {
                 EntryPayload::Blank => Vec::new(),
@@ -70,7 +76,15 @@ impl StateMachine {
                 EntryPayload::Normal(proposal) => {
                     let mut applied = Vec::with_capacity(proposal.commands.len());
                     for command in &proposal.commands {
-                        applied.push(self.apply_command(&mut wtxn, command)?);
+                        let a = self.apply_command(&mut wtxn, command)?;
+                        match (command, &a.outcome) {
+                            (_, Ok(Outcome::LeaseGranted { id, ttl })) => {
+                                leases.0.push((*id, *ttl))
+                            }
+                            (Command::LeaseRevoke { id }, Ok(_)) => leases.1.push(*id),
+                            _ => {}
+                        }
+                        applied.push(a);
                     }
                     applied
                 }
@@ -87,7 +101,7 @@ impl StateMachine {
                 .meta_put(&mut wtxn, META_APPLIED, &Some(log_id))?;
         }
         wtxn.commit()?;
-        Ok((results, last))
+        Ok((results, last, leases))
     }
 
     /// Applies one command. A transaction runs in a nested LMDB transaction so
@@ -218,10 +232,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<_> = entries.into_iter().collect();
         let count = entries.len();
         let this = self.clone();
-        let (results, last) = tokio::task::spawn_blocking(move || this.apply_blocking(entries))
-            .await
-            .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
-            .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        let (results, last, leases) =
+            tokio::task::spawn_blocking(move || this.apply_blocking(entries))
+                .await
+                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        if !leases.0.is_empty() || !leases.1.is_empty() {
+            self.observer.leases(&leases.0, &leases.1);
+        }
         if let Some((log_id, revision)) = last {
             self.observer.applied(log_id, revision, count);
         }

@@ -83,6 +83,7 @@ pub async fn run(args: Args) -> Result<()> {
             raft: RaftSettings::default(),
             limits: Limits::default(),
             watch: Default::default(),
+            lease: Default::default(),
         };
         running.push(crate::server::start(config).await?);
         println!(
