@@ -38,6 +38,16 @@ pub struct Metrics {
     pub watch_events: IntCounter,
     /// Watch responses queued for clients and not yet taken by them.
     pub watch_queued: IntGauge,
+    /// Leases that exist.
+    pub leases: IntGauge,
+    /// Leases granted through this server.
+    pub lease_grants: IntCounter,
+    /// Leases revoked by clients through this server.
+    pub lease_revokes: IntCounter,
+    /// Leases this server revoked as leader because they expired.
+    pub lease_expiries: IntCounter,
+    /// Keep-alives answered by this server.
+    pub lease_keepalives: IntCounter,
     /// Client writes carried by one Raft entry.
     pub proposal_commands: Histogram,
     /// Durable commit time of the Raft log.
@@ -165,6 +175,23 @@ impl Metrics {
             watch_queued: g(
                 "meridian_watch_queued_responses",
                 "Watch responses queued for clients and not yet taken (bounded per stream).",
+            )?,
+            leases: g("meridian_leases", "Leases that exist.")?,
+            lease_grants: c(
+                "meridian_lease_grants_total",
+                "Leases granted through this server.",
+            )?,
+            lease_revokes: c(
+                "meridian_lease_revokes_total",
+                "Leases revoked by clients through this server.",
+            )?,
+            lease_expiries: c(
+                "meridian_lease_expiries_total",
+                "Leases revoked by this server, as leader, because they expired.",
+            )?,
+            lease_keepalives: c(
+                "meridian_lease_keepalives_total",
+                "Lease keep-alives answered by this server.",
             )?,
             proposal_commands: h(prometheus::HistogramOpts::new(
                 "meridian_proposal_commands",

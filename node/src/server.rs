@@ -554,7 +554,10 @@ impl Node {
                 new_lease_id(self.inner.id)
             };
             match self.write(Command::LeaseGrant { id: chosen, ttl }).await {
-                Ok((h, Outcome::LeaseGranted { id, ttl })) => return Ok((h, id, ttl)),
+                Ok((h, Outcome::LeaseGranted { id, ttl })) => {
+                    self.inner.metrics.lease_grants.inc();
+                    return Ok((h, id, ttl));
+                }
                 Ok(_) => return Err(NodeError::Raft("unexpected outcome".into())),
                 Err(NodeError::Kv(KvError::LeaseExists)) if id == 0 && attempts < 3 => {
                     attempts += 1;
@@ -566,13 +569,16 @@ impl Node {
 
     /// etcd's LeaseRevoke: the lease goes, and every key attached to it at one revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<Header, NodeError> {
-        Ok(self.write(Command::LeaseRevoke { id }).await?.0)
+        let h = self.write(Command::LeaseRevoke { id }).await?.0;
+        self.inner.metrics.lease_revokes.inc();
+        Ok(h)
     }
 
     /// etcd's LeaseKeepAlive: restarts the lease's clock at the leader;
     /// the TTL, or 0 if the lease does not exist (as etcd answers).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<(Header, i64), NodeError> {
         let clock = self.lease_clock(id, true).await?;
+        self.inner.metrics.lease_keepalives.inc();
         let (current, _) = self.revisions()?;
         Ok((
             self.header(current),
@@ -922,6 +928,11 @@ async fn drive_leases(node: Node) {
             (m.state, m.current_term)
         };
         let lessor = &node.inner.lessor;
+        if let Ok(rtxn) = node.read_txn() {
+            if let Ok(n) = node.inner.store.lease_count(&rtxn) {
+                node.inner.metrics.leases.set(n as i64);
+            }
+        }
         if state != ServerState::Leader {
             if lessor.leading().is_some() {
                 lessor.step_down();
@@ -942,7 +953,7 @@ async fn drive_leases(node: Node) {
             let node = node.clone();
             tokio::spawn(async move {
                 match node.write(Command::LeaseRevoke { id }).await {
-                    Ok(_) => {}
+                    Ok(_) => node.inner.metrics.lease_expiries.inc(),
                     Err(NodeError::Kv(KvError::LeaseNotFound)) => node.inner.lessor.revoked(id),
                     Err(_) => node.inner.lessor.retry(id),
                 }

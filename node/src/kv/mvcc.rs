@@ -263,6 +263,11 @@ impl KvStore {
         }
     }
 
+    /// How many leases exist.
+    pub fn lease_count(&self, txn: &RoTxn) -> Result<u64, KvError> {
+        Ok(self.leases.len(txn)?)
+    }
+
     /// Every lease, by id.
     pub fn leases(&self, txn: &RoTxn) -> Result<Vec<(i64, LeaseRecord)>, KvError> {
         let mut out = Vec::new();
