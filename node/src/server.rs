@@ -713,6 +713,15 @@ impl Node {
         Ok((events, last, current))
     }
 
+    /// A range of this server's local state, without a read barrier.
+    pub fn range_local(&self, req: RangeRequest) -> Result<(Header, RangeResponse), NodeError> {
+        let store = self.inner.store;
+        let rtxn = self.read_txn()?;
+        let revision = store.revision(&rtxn)?;
+        let response = store.range(&rtxn, &req)?;
+        Ok((self.header(revision), response))
+    }
+
     /// etcd's range: linearizable unless `serializable`.
     pub async fn range(&self, req: RangeRequest) -> Result<(Header, RangeResponse), NodeError> {
         if !req.serializable {

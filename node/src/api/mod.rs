@@ -2,6 +2,7 @@
 //! API, and `/health`, `/ready`, `/version`, `/metrics`. Handlers decode,
 //! validate and call the node's typed operations; they never touch storage.
 
+mod concurrency;
 mod json;
 mod lease;
 mod v1;
@@ -105,6 +106,13 @@ pub fn router(node: Node) -> Router {
         .route("/v3/kv/lease/timetolive", post(lease::time_to_live))
         .route("/v3/lease/leases", post(lease::leases))
         .route("/v3/kv/lease/leases", post(lease::leases))
+        .route("/v3/lock/lock", post(concurrency::lock))
+        .route("/v3/lock/unlock", post(concurrency::unlock))
+        .route("/v3/election/campaign", post(concurrency::campaign))
+        .route("/v3/election/proclaim", post(concurrency::proclaim))
+        .route("/v3/election/resign", post(concurrency::resign))
+        .route("/v3/election/leader", post(concurrency::leader))
+        .route("/v3/election/observe", post(concurrency::observe))
         .route(
             "/v1/kv/{*key}",
             get(v1::get).put(v1::put).delete(v1::delete),
@@ -150,6 +158,13 @@ fn route_label(path: &str) -> &'static str {
         "/v3/lease/keepalive" => "/v3/lease/keepalive",
         "/v3/lease/timetolive" | "/v3/kv/lease/timetolive" => "/v3/lease/timetolive",
         "/v3/lease/leases" | "/v3/kv/lease/leases" => "/v3/lease/leases",
+        "/v3/lock/lock" => "/v3/lock/lock",
+        "/v3/lock/unlock" => "/v3/lock/unlock",
+        "/v3/election/campaign" => "/v3/election/campaign",
+        "/v3/election/proclaim" => "/v3/election/proclaim",
+        "/v3/election/resign" => "/v3/election/resign",
+        "/v3/election/leader" => "/v3/election/leader",
+        "/v3/election/observe" => "/v3/election/observe",
         "/v1/status" => "/v1/status",
         "/version" => "/version",
         "/health" => "/health",
