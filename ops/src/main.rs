@@ -37,6 +37,10 @@ enum Command {
     Tls(cli::tls::Args),
     /// Key-value operations against a running datacenter.
     Kv(cli::kv::Args),
+    /// Hold a lock (etcd's recipe), optionally while a command runs.
+    Lock(cli::coord::LockArgs),
+    /// Campaign in an election, or --listen to its leader changes.
+    Elect(cli::coord::ElectArgs),
     /// Datacenter membership.
     Member(cli::member::Args),
     /// Status of the servers.
@@ -71,6 +75,8 @@ fn main() {
             Command::Dev(a) => cli::dev::run(a).await,
             Command::Tls(a) => cli::tls::run(a),
             Command::Kv(a) => cli::kv::run(a).await,
+            Command::Lock(a) => cli::coord::lock(a).await,
+            Command::Elect(a) => cli::coord::elect(a).await,
             Command::Member(a) => cli::member::run(a).await,
             Command::Status(a) => cli::member::status(a).await,
         }

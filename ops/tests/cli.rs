@@ -106,6 +106,28 @@ fn dev_runs_a_datacenter_that_answers_put_and_get() {
             .unwrap();
         let second = watched.next().expect("a line").expect("utf-8");
         assert_eq!(second, "rev=3 DELETE greeting");
+
+        // `lock` runs a command under the lock with its key and fencing token.
+        let out = meridian()
+            .args(["lock", "job", "--ttl", "5", "--endpoints", &endpoints, "--"])
+            .args([
+                "sh",
+                "-c",
+                "echo \"$MERIDIAN_LOCK_KEY $MERIDIAN_LOCK_REVISION\"; exit 3",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "the command exit code");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let (key, revision) = printed.trim().split_once(' ').expect("key and revision");
+        assert!(key.starts_with("job/"), "{printed}");
+        assert!(revision.parse::<i64>().unwrap() > 3, "{printed}");
+        // The lock was released: the lock prefix is empty again.
+        let out = meridian()
+            .args(["kv", "get", "job/", "--prefix", "--endpoints", &endpoints])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     });
 }
 

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod coord;
 pub mod dev;
 pub mod kv;
 pub mod member;
