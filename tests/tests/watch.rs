@@ -1,6 +1,6 @@
 //! Watches under failure: a watcher on a follower keeps receiving every event
-//! exactly once across a leader kill, a watcher that reconnects elsewhere
-//! from its last revision + 1 misses nothing, and a watcher that stops
+//! exactly once across a leader kill, a watcher whose server restarts and
+//! reconnects from its last revision + 1 misses nothing, and a watcher that stops
 //! reading neither stalls writes nor loses events.
 
 mod support;
@@ -86,7 +86,7 @@ fn assert_exactly_once_in_order(seen: &[(i64, String)], expected: &[String]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_on_a_follower_survives_a_leader_kill_and_resumes_elsewhere() {
+async fn a_watch_on_a_follower_survives_a_leader_kill_and_resumes_after_its_server_restarts() {
     let mut c = Cluster::start(3).await;
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
@@ -122,11 +122,11 @@ async fn a_watch_on_a_follower_survives_a_leader_kill_and_resumes_elsewhere() {
         .await;
     assert_exactly_once_in_order(&seen, &expected);
 
-    // The watcher's server goes away; it resumes on another server from its
-    // last revision + 1, while the old leader is back and more writes happen.
+    // The watcher's own server restarts while writes go on; the watcher
+    // resumes on it from its last revision + 1.
     let last_seen = seen.last().expect("events").0;
-    c.kill(follower);
     c.restart(leader).await;
+    c.kill(follower);
     for i in 0..10 {
         let value = format!("later-{i}");
         loop {
@@ -137,7 +137,8 @@ async fn a_watch_on_a_follower_survives_a_leader_kill_and_resumes_elsewhere() {
         }
         expected.push(value);
     }
-    let mut resumed = Stream::open(c.url(leader), "w/", true, last_seen + 1).await;
+    c.restart(follower).await;
+    let mut resumed = Stream::open(c.url(follower), "w/", true, last_seen + 1).await;
     resumed
         .collect(expected.len(), Duration::from_secs(10), &mut seen)
         .await;
@@ -310,4 +311,58 @@ async fn v1_watch_streams_server_sent_events_and_resumes_after_last_event_id() {
         let v: Value = r.json().await.unwrap();
         assert!(v["field"].is_string(), "{path}: {v}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_stream_answers_bad_requests_clearly_and_stays_usable() {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    // One body: a cancel of an unknown id, a create with a bad field, a good create.
+    let body = format!(
+        "{}{}{}",
+        json!({"cancel_request": {"watch_id": "42"}}),
+        json!({"create_request": {"key": b64(b"k"), "start_revision": "-3"}}),
+        json!({"create_request": {"key": b64(b"k")}}),
+    );
+    let mut r = reqwest::Client::new()
+        .post(format!("{url}/v3/watch"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut s = Stream {
+        response: r,
+        buf: Vec::new(),
+    };
+    let cancel = s.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(cancel["result"]["canceled"], json!(true), "{cancel}");
+    assert!(cancel["result"]["cancel_reason"]
+        .as_str()
+        .unwrap()
+        .contains("42"));
+    let refused = s.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused["result"]["canceled"], json!(true), "{refused}");
+    assert!(refused["result"]["cancel_reason"]
+        .as_str()
+        .unwrap()
+        .contains("start_revision"));
+    let created = s.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(created["result"]["created"], json!(true), "{created}");
+    assert!(created["result"].get("canceled").is_none());
+    put(&url, "k", "v").await.unwrap();
+    let event = s.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        event["result"]["events"][0]["kv"]["value"],
+        json!(b64(b"v"))
+    );
+    // A malformed object ends the stream with an error in etcd's format.
+    r = reqwest::Client::new()
+        .post(format!("{url}/v3/watch"))
+        .body("{\"create_request\": 7}")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["code"], json!(3), "{v}");
 }
