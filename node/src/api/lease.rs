@@ -145,29 +145,7 @@ pub(super) async fn keep_alive(State(node): State<Node>, body: Body) -> Response
         let mut pending: Vec<u8> = Vec::new();
         while let Some(Ok(chunk)) = stream.next().await {
             pending.extend_from_slice(&chunk);
-            let mut consumed = 0;
-            let mut objects = Vec::new();
-            {
-                let mut it = serde_json::Deserializer::from_slice(&pending).into_iter::<Value>();
-                loop {
-                    match it.next() {
-                        Some(Ok(v)) => {
-                            consumed = it.byte_offset();
-                            objects.push(Ok(v));
-                        }
-                        Some(Err(e)) if e.is_eof() => break,
-                        Some(Err(e)) => {
-                            objects.push(Err(e.to_string()));
-                            break;
-                        }
-                        None => {
-                            consumed = pending.len();
-                            break;
-                        }
-                    }
-                }
-            }
-            pending.drain(..consumed);
+            let objects = super::take_objects(&mut pending);
             for object in objects {
                 let id = object.and_then(|v| match v {
                     Value::Object(o) => only(&o, &["ID"])

@@ -176,6 +176,34 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// Takes every complete JSON value from the front of a streaming request
+/// body's bytes, leaving an incomplete tail for the next chunk. A value that
+/// cannot be parsed ends the list with its error.
+fn take_objects(pending: &mut Vec<u8>) -> Vec<Result<serde_json::Value, String>> {
+    let mut consumed = 0;
+    let mut objects = Vec::new();
+    let mut it = serde_json::Deserializer::from_slice(pending).into_iter::<serde_json::Value>();
+    loop {
+        match it.next() {
+            Some(Ok(v)) => {
+                consumed = it.byte_offset();
+                objects.push(Ok(v));
+            }
+            Some(Err(e)) if e.is_eof() => break,
+            Some(Err(e)) => {
+                objects.push(Err(e.to_string()));
+                break;
+            }
+            None => {
+                consumed = pending.len();
+                break;
+            }
+        }
+    }
+    pending.drain(..consumed);
+    objects
+}
+
 /// Reads a request body, refusing bodies above the limit with etcd's error.
 async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, ApiError> {
     // Base64 makes bytes 4/3 larger; allow for it and for the JSON around them.
@@ -220,4 +248,23 @@ async fn metrics(State(node): State<Node>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics().render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_objects;
+
+    #[test]
+    fn streamed_objects_are_taken_whole_and_a_tail_waits() {
+        let mut pending = br#"{"a":1} {"b":2}{"c":"#.to_vec();
+        let got = take_objects(&mut pending);
+        assert_eq!(got.len(), 2);
+        assert_eq!(pending, br#"{"c":"#.to_vec());
+        pending.extend_from_slice(br#"3}"#);
+        assert_eq!(take_objects(&mut pending).len(), 1);
+        assert!(pending.is_empty());
+        let mut bad = b"{\"a\":1} nonsense".to_vec();
+        let got = take_objects(&mut bad);
+        assert!(got[0].is_ok() && got[1].is_err());
+    }
 }

@@ -307,30 +307,7 @@ async fn session(node: Node, body: Body, tx: Out) {
     'body: while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
         pending.extend_from_slice(&chunk);
-        // Take every complete object; keep an incomplete tail for the next chunk.
-        let mut consumed = 0;
-        let mut objects = Vec::new();
-        {
-            let mut it = serde_json::Deserializer::from_slice(&pending).into_iter::<Value>();
-            loop {
-                match it.next() {
-                    Some(Ok(v)) => {
-                        consumed = it.byte_offset();
-                        objects.push(Ok(v));
-                    }
-                    Some(Err(e)) if e.is_eof() => break,
-                    Some(Err(e)) => {
-                        objects.push(Err(e.to_string()));
-                        break;
-                    }
-                    None => {
-                        consumed = pending.len();
-                        break;
-                    }
-                }
-            }
-        }
-        pending.drain(..consumed);
+        let mut objects = super::take_objects(&mut pending);
         if pending.len() > PENDING_BYTES_MAX {
             objects.push(Err("watch request object too large".into()));
         }
