@@ -101,7 +101,9 @@ async fn wait_first(
     name: &[u8],
     key: &[u8],
     rev: i64,
+    waiters: &prometheus::IntGauge,
 ) -> Result<Header, ConcurrencyError> {
+    let _waiting = crate::metrics::Held::new(waiters);
     let mut revisions = node.subscribe_revisions();
     loop {
         let (current, _) = node.revisions()?;
@@ -154,7 +156,7 @@ pub async fn lock(
             String::from_utf8_lossy(&key).into_owned(),
         ));
     }
-    let h = wait_first(node, name, &key, rev).await?;
+    let h = wait_first(node, name, &key, rev, &node.metrics().lock_waiters).await?;
     Ok((h, key, rev))
 }
 
@@ -196,7 +198,7 @@ pub async fn campaign(
             String::from_utf8_lossy(&key).into_owned(),
         ));
     }
-    let h = wait_first(node, name, &key, rev).await?;
+    let h = wait_first(node, name, &key, rev, &node.metrics().election_waiters).await?;
     Ok((
         h,
         LeaderKey {

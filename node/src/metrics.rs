@@ -38,6 +38,12 @@ pub struct Metrics {
     pub watch_events: IntCounter,
     /// Watch responses queued for clients and not yet taken by them.
     pub watch_queued: IntGauge,
+    /// Watchers replaying history or waiting for a slow client.
+    pub watch_catching_up: IntGauge,
+    /// Clients waiting for a lock.
+    pub lock_waiters: IntGauge,
+    /// Clients campaigning for an election and not (yet) leading.
+    pub election_waiters: IntGauge,
     /// Leases that exist.
     pub leases: IntGauge,
     /// Leases granted through this server.
@@ -172,6 +178,15 @@ impl Metrics {
             watchers: g("meridian_watchers", "Watchers open now.")?,
             watch_streams: g("meridian_watch_streams", "Watch streams open now.")?,
             watch_events: c("meridian_watch_events_total", "Watch events sent.")?,
+            watch_catching_up: g(
+                "meridian_watch_catching_up_watchers",
+                "Watchers replaying history or waiting for a slow client.",
+            )?,
+            lock_waiters: g("meridian_lock_waiters", "Clients waiting for a lock.")?,
+            election_waiters: g(
+                "meridian_election_waiters",
+                "Clients campaigning in an election and not leading yet.",
+            )?,
             watch_queued: g(
                 "meridian_watch_queued_responses",
                 "Watch responses queued for clients and not yet taken (bounded per stream).",
@@ -237,5 +252,22 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Holds a gauge up by one until dropped (a watcher, a waiter).
+pub struct Held(IntGauge);
+
+impl Held {
+    /// Increments `gauge` now and decrements it on drop.
+    pub fn new(gauge: &IntGauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -206,6 +206,11 @@ async fn a_watcher_that_stops_reading_stalls_nothing_and_then_gets_every_event()
         metric("meridian_watch_events_total ") < 10_000.0,
         "the stalled watcher has not been handed its events yet"
     );
+    assert_eq!(
+        metric("meridian_watch_catching_up_watchers "),
+        1.0,
+        "the stalled watcher is counted as catching up"
+    );
 
     let mut seen = Vec::new();
     stalled
@@ -216,6 +221,24 @@ async fn a_watcher_that_stops_reading_stalls_nothing_and_then_gets_every_event()
     let want: Vec<&String> = expected.iter().collect();
     assert_eq!(values, want);
     assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0));
+    // Once the client has read everything, the watcher is current again.
+    let mut current_again = false;
+    for _ in 0..50 {
+        let m = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.lines()
+            .any(|l| l == "meridian_watch_catching_up_watchers 0")
+        {
+            current_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(current_again, "the watcher leaves catch-up once current");
 }
 
 /// Reads Server-Sent Events until `n` events (not comments) have arrived.

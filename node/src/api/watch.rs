@@ -13,6 +13,7 @@
 use super::json::{self as wire, WatchCreate, WatchRequest};
 use super::v1;
 use crate::kv::{Event, EventKind, KvError};
+use crate::metrics::Held;
 use crate::server::{Node, NodeError};
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -159,22 +160,6 @@ impl Out {
                     .await
             }
         }
-    }
-}
-
-/// Decrements a gauge when dropped.
-struct Held(prometheus::IntGauge);
-
-impl Held {
-    fn new(g: &prometheus::IntGauge) -> Held {
-        g.inc();
-        Held(g.clone())
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
@@ -483,6 +468,7 @@ async fn run_watcher(
     synced: Arc<AtomicI64>,
 ) {
     let _watcher = Held::new(&node.metrics().watchers);
+    let mut behind: Option<Held> = None;
     let mut revisions = node.subscribe_revisions();
     let progress_every = node.config().watch.progress_notify_interval;
     let mut next = start;
@@ -509,6 +495,10 @@ async fn run_watcher(
             })
             .collect();
         if !selected.is_empty() {
+            if tx.tx.capacity() == 0 && behind.is_none() {
+                // The client is not keeping up: this send will wait.
+                behind = Some(Held::new(&node.metrics().watch_catching_up));
+            }
             if !tx.events(id, current, &selected, create.prev_kv).await {
                 return;
             }
@@ -521,7 +511,13 @@ async fn run_watcher(
         synced.store(next - 1, Ordering::Relaxed);
         if last < current {
             // More history to read: go on at once.
+            if behind.is_none() {
+                behind = Some(Held::new(&node.metrics().watch_catching_up));
+            }
             continue;
+        }
+        if tx.tx.capacity() > 0 {
+            behind = None;
         }
         // Caught up: wait for new revisions (or, now and then, check storage
         // anyway, e.g. after a snapshot was installed).
