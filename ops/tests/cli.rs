@@ -196,3 +196,163 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     let err = start_error(&GOOD.replace("n1 = \"127.0.0.1:2\"", "n2 = \"127.0.0.1:2\""));
     assert!(err.contains("initial_members"), "{err}");
 }
+
+/// Starts `meridian dev` on free ports; returns the child and the client URLs.
+fn start_dev() -> (KillOnDrop, Vec<String>) {
+    let base = free_base_port();
+    let mut child = KillOnDrop(
+        meridian()
+            .args(["dev", "--base-port", &base.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dev"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let urls = (0..3)
+        .map(|_| {
+            let line = lines.next().expect("a server line").expect("utf-8");
+            line.split("client=")
+                .nth(1)
+                .expect("client url")
+                .to_string()
+        })
+        .collect();
+    (child, urls)
+}
+
+#[test]
+fn a_paused_lock_holder_loses_the_lock_and_its_late_write_is_fenced_off() {
+    let (_dev, urls) = start_dev();
+    let endpoints = urls.join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        let req = http.post(format!("{}{path}", urls[0])).json(&body);
+        async move {
+            let r = req.send().await.expect("request");
+            r.json::<serde_json::Value>().await.expect("JSON")
+        }
+    };
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let pad = |t: i64| format!("{t:020}");
+    rt.block_on(async {
+        // Wait for the datacenter, then set the fence at token 0.
+        let mut ready = false;
+        for _ in 0..100 {
+            if let Ok(r) = http
+                .put(format!("{}/v1/kv/fence", urls[0]))
+                .body(pad(0))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    ready = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "dev datacenter up");
+    });
+
+    // The holder: `meridian lock` running a command that records its token and waits.
+    use std::os::unix::process::CommandExt;
+    let mut holder = KillOnDrop(
+        meridian()
+            .args(["lock", "job", "--ttl", "3", "--endpoints", &endpoints, "--"])
+            .args([
+                "sh",
+                "-c",
+                "echo \"$MERIDIAN_LOCK_REVISION\" > \"$1\"; exec sleep 60",
+                "sh",
+            ])
+            .arg(&token_file)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lock"),
+    );
+    let mut stale_token = None;
+    for _ in 0..100 {
+        if let Some(t) = std::fs::read_to_string(&token_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+        {
+            stale_token = Some(t);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stale_token = stale_token.expect("the holder got the lock");
+    let pgid = holder.0.id() as i32;
+    // Pause the holder (and its command): its keep-alives stop.
+    assert_eq!(unsafe { libc::kill(-pgid, libc::SIGSTOP) }, 0);
+
+    let fenced = |token: i64, who: &str| {
+        post(
+            "/v3/kv/txn",
+            serde_json::json!({
+                "compare": [{"key": b64("fence"), "target": "VALUE", "result": "LESS", "value": b64(&pad(token))}],
+                "success": [{"request_put": {"key": b64("fence"), "value": b64(&pad(token))}},
+                            {"request_put": {"key": b64(&format!("log/{}", pad(token))), "value": b64(who)}}]
+            }),
+        )
+    };
+    rt.block_on(async {
+        // Another client takes the lock once the paused holder's lease expires.
+        let lease: i64 = post("/v3/lease/grant", serde_json::json!({"TTL": "10"})).await["ID"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let locked = post(
+            "/v3/lock/lock",
+            serde_json::json!({"name": b64("job"), "lease": lease.to_string()}),
+        )
+        .await;
+        let key = locked["key"].as_str().expect("lock key").to_string();
+        let kv = post("/v3/kv/range", serde_json::json!({"key": key})).await;
+        let token: i64 = kv["kvs"][0]["create_revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(token > stale_token);
+        assert_eq!(
+            fenced(token, "new").await["succeeded"],
+            serde_json::json!(true)
+        );
+        post("/v3/lock/unlock", serde_json::json!({"key": key})).await;
+    });
+
+    // The holder wakes up: its late write with the old token is refused,
+    // and `meridian lock` reports the lost lock and stops its command.
+    assert_eq!(unsafe { libc::kill(-pgid, libc::SIGCONT) }, 0);
+    rt.block_on(async {
+        // `succeeded: false` is omitted, as etcd omits zero values.
+        let late = fenced(stale_token, "stale").await;
+        assert!(late["header"].is_object(), "{late}");
+        assert_ne!(
+            late["succeeded"],
+            serde_json::json!(true),
+            "the stale token is fenced off"
+        );
+    });
+    let status = holder.0.wait().unwrap();
+    assert!(
+        !status.success(),
+        "meridian lock fails once the lock is lost"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(holder.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("lock is lost"), "{stderr}");
+}

@@ -74,11 +74,13 @@ impl Session {
         let keeper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                // An answer without a TTL means the lease is gone (etcd
+                // omits a zero TTL); no answer at all is retried.
                 let alive = ep2
                     .post("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
                     .await
                     .ok()
-                    .and_then(|v| v["result"]["TTL"].as_str().map(|s| s != "0"));
+                    .map(|v| v["result"]["TTL"].as_str().is_some_and(|s| s != "0"));
                 if alive == Some(false) {
                     lost2.store(true, Ordering::SeqCst);
                     return;
