@@ -703,13 +703,19 @@ impl Node {
         Ok((store.revision(&rtxn)?, store.compacted_revision(&rtxn)?))
     }
 
-    /// Changes from revision `from` on (whole revisions, about `max` events),
+    /// Changes from revision `from` on (whole revisions, about `max` events
+    /// or `max_bytes`),
     /// with the last revision read and the current revision.
-    pub fn events(&self, from: i64, max: usize) -> Result<(Vec<Event>, i64, i64), NodeError> {
+    pub fn events(
+        &self,
+        from: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, i64, i64), NodeError> {
         let rtxn = self.read_txn()?;
         let store = self.inner.store;
         let current = store.revision(&rtxn)?;
-        let (events, last) = store.events(&rtxn, from, max)?;
+        let (events, last) = store.events(&rtxn, from, max, max_bytes)?;
         Ok((events, last, current))
     }
 

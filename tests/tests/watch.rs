@@ -389,3 +389,54 @@ async fn watch_stream_answers_bad_requests_clearly_and_stays_usable() {
     let v: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(v["code"], json!(3), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_replays_are_fragmented_when_asked() {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let value = "f".repeat(60_000);
+    let mut first = 0;
+    for i in 0..40 {
+        let (_, v) = put(&url, &format!("big/{i:02}"), &value).await.unwrap();
+        if i == 0 {
+            first = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+        }
+    }
+    for fragment in [false, true] {
+        let create = json!({"create_request": {
+            "key": b64(b"big/"), "range_end": b64(b"big0"),
+            "start_revision": first.to_string(), "fragment": fragment}});
+        let response = reqwest::Client::new()
+            .post(format!("{url}/v3/watch"))
+            .body(create.to_string())
+            .send()
+            .await
+            .unwrap();
+        let mut s = Stream {
+            response,
+            buf: Vec::new(),
+        };
+        assert_eq!(
+            s.next(Duration::from_secs(5)).await.unwrap()["result"]["created"],
+            json!(true)
+        );
+        let (mut events, mut responses, mut fragments) = (0, 0, 0);
+        while events < 40 {
+            let v = s.next(Duration::from_secs(5)).await.expect("events");
+            responses += 1;
+            events += v["result"]["events"].as_array().map_or(0, Vec::len);
+            if v["result"]["fragment"] == json!(true) {
+                fragments += 1;
+            }
+        }
+        assert_eq!(events, 40);
+        if fragment {
+            // 2.4 MB of values against the 1.5 MiB request limit.
+            assert!(responses >= 2, "{responses} responses");
+            assert_eq!(fragments, responses - 1, "all but the last are fragments");
+        } else {
+            assert_eq!(responses, 1, "one response without fragment");
+            assert_eq!(fragments, 0);
+        }
+    }
+}

@@ -33,6 +33,8 @@ use tokio::task::JoinHandle;
 const STREAM_BUFFER: usize = 16;
 /// Events read from storage per response (whole revisions).
 const EVENTS_PER_RESPONSE: usize = 1000;
+/// Bytes of keys and values read from storage per response (whole revisions).
+const BYTES_PER_RESPONSE: usize = 4 * 1024 * 1024;
 /// Request bytes buffered while a request object is incomplete.
 const PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
 
@@ -73,16 +75,54 @@ impl Out {
     }
 
     /// Sends one revision batch of selected events.
-    async fn events(&self, id: i64, current: i64, events: &[&Event], prev_kv: bool) -> bool {
+    /// With `fragment`, a response larger than the request size limit is
+    /// split into several, all but the last marked `"fragment": true`, as
+    /// etcd does.
+    async fn events(
+        &self,
+        id: i64,
+        current: i64,
+        events: &[&Event],
+        prev_kv: bool,
+        fragment: bool,
+    ) -> bool {
         match self.format {
             Format::V3 => {
-                let list: Vec<Value> = events.iter().map(|e| wire::event(e, prev_kv)).collect();
-                let msg = wire::watch_response(
-                    &self.node.header(current),
-                    id,
-                    obj(json!({ "events": list })),
-                );
-                self.send(&msg).await
+                let limit = self.node.config().limits.request_bytes_max;
+                let size = |e: &Event| {
+                    64 + (e.kv.key.len()
+                        + e.kv.value.len()
+                        + e.prev_kv
+                            .as_ref()
+                            .map_or(0, |p| p.key.len() + p.value.len()))
+                        * 4
+                        / 3
+                };
+                let mut parts: Vec<Vec<&Event>> = vec![Vec::new()];
+                let mut bytes = 0;
+                for e in events {
+                    let b = size(e);
+                    if fragment && bytes + b > limit && !parts[parts.len() - 1].is_empty() {
+                        parts.push(Vec::new());
+                        bytes = 0;
+                    }
+                    bytes += b;
+                    let n = parts.len();
+                    parts[n - 1].push(e);
+                }
+                let count = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    let list: Vec<Value> = part.iter().map(|e| wire::event(e, prev_kv)).collect();
+                    let mut fields = obj(json!({ "events": list }));
+                    if i + 1 < count {
+                        fields.insert("fragment".into(), json!(true));
+                    }
+                    let msg = wire::watch_response(&self.node.header(current), id, fields);
+                    if !self.send(&msg).await {
+                        return false;
+                    }
+                }
+                true
             }
             Format::Sse => {
                 let mut out = String::new();
@@ -474,18 +514,19 @@ async fn run_watcher(
     let mut next = start;
     let mut idle_since = tokio::time::Instant::now();
     loop {
-        let (events, last, current) = match node.events(next, EVENTS_PER_RESPONSE) {
-            Ok(r) => r,
-            Err(NodeError::Kv(KvError::Compacted)) => {
-                let compacted = node.revisions().map(|(_, c)| c).unwrap_or(0);
-                tx.compacted(id, compacted).await;
-                return;
-            }
-            Err(e) => {
-                tx.failed(id, e.to_string()).await;
-                return;
-            }
-        };
+        let (events, last, current) =
+            match node.events(next, EVENTS_PER_RESPONSE, BYTES_PER_RESPONSE) {
+                Ok(r) => r,
+                Err(NodeError::Kv(KvError::Compacted)) => {
+                    let compacted = node.revisions().map(|(_, c)| c).unwrap_or(0);
+                    tx.compacted(id, compacted).await;
+                    return;
+                }
+                Err(e) => {
+                    tx.failed(id, e.to_string()).await;
+                    return;
+                }
+            };
         let selected: Vec<&Event> = events
             .iter()
             .filter(|e| in_range(&create, &e.kv.key))
@@ -499,7 +540,10 @@ async fn run_watcher(
                 // The client is not keeping up: this send will wait.
                 behind = Some(Held::new(&node.metrics().watch_catching_up));
             }
-            if !tx.events(id, current, &selected, create.prev_kv).await {
+            if !tx
+                .events(id, current, &selected, create.prev_kv, create.fragment)
+                .await
+            {
                 return;
             }
             node.metrics().watch_events.inc_by(selected.len() as u64);

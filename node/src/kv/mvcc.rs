@@ -134,18 +134,26 @@ impl KvStore {
     }
 
     /// The changes from revision `from` on, in revision order, as watch
-    /// events; at most about `max` events, but never splitting one
-    /// revision's events. Returns the events and the last revision fully
-    /// read (`from - 1` if none). `Compacted` if `from` is below the
-    /// compacted revision.
-    pub fn events(&self, txn: &RoTxn, from: i64, max: usize) -> Result<(Vec<Event>, i64), KvError> {
+    /// events: whole revisions, stopping after the revision at which `max`
+    /// events or `max_bytes` of keys and values are reached. Returns the
+    /// events and the last revision fully read (`from - 1` if none).
+    /// `Compacted` if `from` is below the compacted revision.
+    pub fn events(
+        &self,
+        txn: &RoTxn,
+        from: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, i64), KvError> {
         let from = from.max(1);
         if from < self.compacted_revision(txn)? {
             return Err(KvError::Compacted);
         }
         let current = self.revision(txn)?;
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
+        let mut bytes = 0;
         let mut last = from - 1;
+        let mut full = false;
         let lower = rev_key(from, 0);
         for item in self
             .changes
@@ -157,16 +165,19 @@ impl KvStore {
             if main > current {
                 break;
             }
-            if main != last && events.len() >= max {
+            if main != last && (events.len() >= max || bytes >= max_bytes) {
+                full = true;
                 break;
             }
-            if main != last {
-                last = main;
-            }
-            events.push(self.event_at(txn, key, main, sub)?);
+            last = main;
+            let event = self.event_at(txn, key, main, sub)?;
+            bytes += event.kv.key.len()
+                + event.kv.value.len()
+                + event.prev_kv.as_ref().map_or(0, |p| p.value.len());
+            events.push(event);
         }
         // Revisions with no change rows left (compacted history) count as read.
-        if events.len() < max {
+        if !full {
             last = current.max(from - 1);
         }
         Ok((events, last))

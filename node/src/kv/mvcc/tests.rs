@@ -503,7 +503,7 @@ fn events_replay_history_with_prev_kv_and_whole_revisions() {
     )
     .unwrap(); // 4: two events
     let rtxn = s.env().read_txn().unwrap();
-    let (all, last) = s.events(&rtxn, 1, 100).unwrap();
+    let (all, last) = s.events(&rtxn, 1, 100, usize::MAX).unwrap();
     assert_eq!(last, 4);
     let summary: Vec<_> = all
         .iter()
@@ -528,11 +528,14 @@ fn events_replay_history_with_prev_kv_and_whole_revisions() {
     assert_eq!(all[1].kv.version, 2);
     assert_eq!(all[1].prev_kv.as_ref().unwrap().value, b"1");
     // A limit never splits a revision: asking for 3 gives revisions 2..=4 whole.
-    let (some, last) = s.events(&rtxn, 2, 3).unwrap();
+    let (some, last) = s.events(&rtxn, 2, 3, usize::MAX).unwrap();
     assert_eq!((some.len(), last), (4, 4));
-    let (some, last) = s.events(&rtxn, 2, 1).unwrap();
+    let (some, last) = s.events(&rtxn, 2, 1, usize::MAX).unwrap();
     assert_eq!((some.len(), last), (1, 2));
-    let (none, last) = s.events(&rtxn, 5, 10).unwrap();
+    // A byte budget stops after the revision that reaches it.
+    let (some, last) = s.events(&rtxn, 2, 100, 1).unwrap();
+    assert_eq!((some.len(), last), (1, 2));
+    let (none, last) = s.events(&rtxn, 5, 10, usize::MAX).unwrap();
     assert_eq!((none.len(), last), (0, 4));
     drop(rtxn);
     apply(
@@ -544,8 +547,11 @@ fn events_replay_history_with_prev_kv_and_whole_revisions() {
     )
     .unwrap();
     let rtxn = s.env().read_txn().unwrap();
-    assert_eq!(s.events(&rtxn, 2, 10).unwrap_err(), KvError::Compacted);
-    let (after, _) = s.events(&rtxn, 3, 10).unwrap();
+    assert_eq!(
+        s.events(&rtxn, 2, 10, usize::MAX).unwrap_err(),
+        KvError::Compacted
+    );
+    let (after, _) = s.events(&rtxn, 3, 10, usize::MAX).unwrap();
     assert_eq!(after.first().map(|e| e.kv.mod_revision), Some(3));
 }
 
@@ -599,7 +605,7 @@ fn leases_hold_keys_and_revoking_deletes_them_at_one_revision() {
     assert!(get(&s, "a", 0).is_none() && get(&s, "d", 0).is_none());
     assert!(get(&s, "c", 0).is_some(), "detached keys stay");
     let rtxn = s.env().read_txn().unwrap();
-    let (events, _) = s.events(&rtxn, rev, 10).unwrap();
+    let (events, _) = s.events(&rtxn, rev, 10, usize::MAX).unwrap();
     assert_eq!(events.len(), 2, "both deletes at revision {rev}");
     assert!(events
         .iter()
