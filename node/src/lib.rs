@@ -13,6 +13,7 @@ pub mod kv;
 pub mod lessor;
 pub mod metrics;
 pub mod raft;
+mod recent;
 mod server;
 #[allow(unsafe_code)]
 pub mod store;

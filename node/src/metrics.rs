@@ -38,6 +38,8 @@ pub struct Metrics {
     pub watch_events: IntCounter,
     /// Watch responses queued for clients and not yet taken by them.
     pub watch_queued: IntGauge,
+    /// Storage reads by watchers behind the shared window of recent changes.
+    pub watch_history_reads: IntCounter,
     /// Watchers replaying history or waiting for a slow client.
     pub watch_catching_up: IntGauge,
     /// Clients waiting for a lock.
@@ -178,6 +180,10 @@ impl Metrics {
             watchers: g("meridian_watchers", "Watchers open now.")?,
             watch_streams: g("meridian_watch_streams", "Watch streams open now.")?,
             watch_events: c("meridian_watch_events_total", "Watch events sent.")?,
+            watch_history_reads: c(
+                "meridian_watch_history_reads_total",
+                "Storage reads by watchers behind the shared window of recent changes.",
+            )?,
             watch_catching_up: g(
                 "meridian_watch_catching_up_watchers",
                 "Watchers replaying history or waiting for a slow client.",

@@ -11,6 +11,7 @@ use crate::raft::{
     self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, ProposeError, Proposer,
     ProposerLimits, Raft, StateMachine,
 };
+use crate::recent::Recent;
 use crate::store::{self, EnvKind};
 use meridian_gateway::tls::TlsMaterial;
 use meridian_gateway::{Endpoint, EndpointOptions, GatewayError, ALPN_PEER};
@@ -133,6 +134,10 @@ struct Inner {
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
     /// Lease clocks while this server leads.
     lessor: Arc<Lessor>,
+    /// Recent changes shared by synced watchers.
+    recent: Recent,
+    /// The last revision in `recent`, for watchers to wait on.
+    feed: tokio::sync::watch::Sender<i64>,
     network: PeerNetwork,
     endpoint: Endpoint,
     metrics: Arc<Metrics>,
@@ -214,6 +219,12 @@ impl Node {
             LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
         let kv = KvStore::open(state_env)?;
         let revisions = Arc::new(tokio::sync::watch::channel(0).0);
+        let start_revision = {
+            let rtxn = state_env
+                .read_txn()
+                .map_err(|e| NodeError::Storage(e.to_string()))?;
+            kv.revision(&rtxn)?
+        };
         let lessor = Arc::new(Lessor::default());
         let observer = Arc::new(Observer {
             metrics: metrics.clone(),
@@ -270,6 +281,8 @@ impl Node {
                 store: kv,
                 revisions,
                 lessor,
+                recent: Recent::new(start_revision, RECENT_BYTES_MAX),
+                feed: tokio::sync::watch::channel(start_revision).0,
                 network,
                 endpoint: endpoint.clone(),
                 metrics,
@@ -288,6 +301,7 @@ impl Node {
         node.refresh_store_metrics();
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(drive_leases(node.clone()));
+        tokio::spawn(feed_recent(node.clone()));
         Ok(node)
     }
 
@@ -704,19 +718,33 @@ impl Node {
     }
 
     /// Changes from revision `from` on (whole revisions, about `max` events
-    /// or `max_bytes`),
-    /// with the last revision read and the current revision.
+    /// or `max_bytes`), with the last revision covered and the revision the
+    /// answer is as of. Recent changes come from the shared window (read from
+    /// storage once for all watchers); older ones from storage.
     pub fn events(
         &self,
         from: i64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Event>, i64, i64), NodeError> {
+    ) -> Result<(Vec<Arc<Event>>, i64, i64), NodeError> {
         let rtxn = self.read_txn()?;
         let store = self.inner.store;
+        if from < store.compacted_revision(&rtxn)? {
+            return Err(KvError::Compacted.into());
+        }
+        let recent = &self.inner.recent;
+        if let Some((events, last)) = recent.from(from, max, max_bytes) {
+            return Ok((events, last, recent.last()));
+        }
+        self.inner.metrics.watch_history_reads.inc();
         let current = store.revision(&rtxn)?;
         let (events, last) = store.events(&rtxn, from, max, max_bytes)?;
-        Ok((events, last, current))
+        Ok((events.into_iter().map(Arc::new).collect(), last, current))
+    }
+
+    /// A receiver that changes whenever new changes are in the shared window.
+    pub fn subscribe_feed(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.inner.feed.subscribe()
     }
 
     /// A range of this server's local state, without a read barrier.
@@ -973,6 +1001,46 @@ async fn drive_leases(node: Node) {
                     Err(_) => node.inner.lessor.retry(id),
                 }
             });
+        }
+    }
+}
+
+/// Bytes of recent changes kept for synced watchers.
+const RECENT_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Reads each newly applied revision's changes from storage once, into the
+/// window all synced watchers share, and tells them.
+async fn feed_recent(node: Node) {
+    let mut revisions = node.subscribe_revisions();
+    let inner = &node.inner;
+    loop {
+        let current = match node.revisions() {
+            Ok((current, _)) => current,
+            Err(_) => return,
+        };
+        let fed = inner.recent.last();
+        if current > fed {
+            let read = node.read_txn().and_then(|rtxn| {
+                Ok(inner
+                    .store
+                    .events(&rtxn, fed + 1, 10_000, RECENT_BYTES_MAX)?)
+            });
+            match read {
+                Ok((events, last)) => inner.recent.push(events, last),
+                // History was compacted or replaced under us: start over from now.
+                Err(_) => inner.recent.reset(current),
+            }
+            inner.feed.send_replace(inner.recent.last());
+            continue;
+        }
+        if current < fed {
+            // A snapshot replaced the store with an older one: start over.
+            inner.recent.reset(current);
+            inner.feed.send_replace(current);
+        }
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), revisions.changed()).await
+        {
+            return;
         }
     }
 }

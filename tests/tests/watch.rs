@@ -402,6 +402,9 @@ async fn large_replays_are_fragmented_when_asked() {
             first = v["header"]["revision"].as_str().unwrap().parse().unwrap();
         }
     }
+    // Let the server's shared window of recent changes take in every write,
+    // so that one read covers them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for fragment in [false, true] {
         let create = json!({"create_request": {
             "key": b64(b"big/"), "range_end": b64(b"big0"),
@@ -439,4 +442,61 @@ async fn large_replays_are_fragmented_when_asked() {
             assert_eq!(fragments, 0);
         }
     }
+}
+
+/// The value of a counter or gauge on a server's /metrics page.
+async fn metric(base: &str, name: &str) -> f64 {
+    let page = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watchers_on_one_prefix_share_one_read_of_each_change() {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let (_, v) = put(&url, "fan/first", "0").await.unwrap();
+    let start: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    let reads_before = metric(&url, "meridian_watch_history_reads_total").await;
+    const WATCHERS: usize = 100;
+    let mut streams = Vec::new();
+    for _ in 0..WATCHERS {
+        streams.push(Stream::open(&url, "fan/", true, start + 1).await);
+    }
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        put(&url, &format!("fan/{i}"), &format!("v{i}"))
+            .await
+            .unwrap();
+        expected.push(format!("v{i}"));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut s in streams {
+        let want = expected.len();
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            s.collect(want, Duration::from_secs(10), &mut seen).await;
+            seen
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(seen) = tasks.join_next().await {
+        results.push(seen.expect("watcher task"));
+    }
+    assert_eq!(results.len(), WATCHERS);
+    for seen in &results {
+        assert_exactly_once_in_order(seen, &expected);
+    }
+    let reads = metric(&url, "meridian_watch_history_reads_total").await - reads_before;
+    assert!(
+        reads < 5.0,
+        "{WATCHERS} current watchers took their events from the shared window, \
+         yet storage was read {reads} times"
+    );
 }

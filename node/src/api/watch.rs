@@ -509,7 +509,7 @@ async fn run_watcher(
 ) {
     let _watcher = Held::new(&node.metrics().watchers);
     let mut behind: Option<Held> = None;
-    let mut revisions = node.subscribe_revisions();
+    let mut revisions = node.subscribe_feed();
     let progress_every = node.config().watch.progress_notify_interval;
     let mut next = start;
     let mut idle_since = tokio::time::Instant::now();
@@ -529,6 +529,7 @@ async fn run_watcher(
             };
         let selected: Vec<&Event> = events
             .iter()
+            .map(|e| e.as_ref())
             .filter(|e| in_range(&create, &e.kv.key))
             .filter(|e| match e.kind {
                 EventKind::Put => !create.no_put,
