@@ -1,6 +1,7 @@
 //! Leases in a three-server datacenter: expiry deletes every attached key at
 //! one revision once keep-alives stop; keep-alives keep them, also through a
-//! follower; killing the leader does not expire a lease early.
+//! follower; killing the leader does not expire a lease early; leases reach
+//! a server that missed them by snapshot and survive a restart of every server.
 
 mod support;
 
@@ -156,4 +157,87 @@ async fn leases_expire_with_their_keys_unless_kept_alive_even_across_a_leader_ki
         3,
         "the kept-alive lease survives the failover"
     );
+}
+
+/// A lease's time-to-live with keys as server `base` sees it: (granted TTL, keys).
+async fn time_to_live(base: &str, id: i64) -> (i64, Vec<String>) {
+    let (s, v) = post(
+        &format!("{base}/v3/lease/timetolive"),
+        &json!({"ID": id.to_string(), "keys": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let granted = v["grantedTTL"].as_str().unwrap_or("0").parse().unwrap();
+    let mut keys: Vec<String> = v["keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|k| String::from_utf8(unb64(k)).unwrap())
+        .collect();
+    keys.sort();
+    (granted, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_state_survives_a_snapshot_install_and_a_restart_of_every_server() {
+    let mut c = Cluster::start_with(
+        3,
+        RaftTuning {
+            snapshot_logs: 50,
+            purge_lag_logs: 5,
+        },
+    )
+    .await;
+    let leader = c.leader().await;
+    let lagging = (leader + 1) % 3;
+    grant(c.url(leader), 7, 3).await;
+    put_with_lease(c.url(leader), "kept/a", 7).await;
+    put_with_lease(c.url(leader), "kept/b", 7).await;
+    let want = (3, vec!["kept/a".to_string(), "kept/b".to_string()]);
+
+    // The lagging server misses the grant's log entries entirely: they are
+    // purged while it is down, so it learns the lease from a snapshot.
+    c.kill(lagging);
+    for i in 0..300 {
+        let (status, _) = put(c.url(leader), &format!("s/{i}"), "x").await.unwrap();
+        assert_eq!(status, 200);
+        if i % 50 == 0 {
+            assert_eq!(keep_alive(c.url(leader), 7).await, Some(3));
+        }
+    }
+    c.restart(lagging).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(c.url(lagging), "s/299", true).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the lagging server catches up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.log(lagging).contains("snapshot installed"));
+    assert_eq!(keep_alive(c.url(leader), 7).await, Some(3));
+    assert_eq!(time_to_live(c.url(lagging), 7).await, want);
+    let (_, v) = post(&format!("{}/v3/lease/leases", c.url(lagging)), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(v["leases"], json!([{"ID": "7"}]), "{v}");
+
+    // Every server stops and starts again: the lease and its keys are still
+    // there, keep-alives still work, and without them it still expires.
+    for i in 0..3 {
+        c.kill(i);
+    }
+    c.restart_all().await;
+    for i in 0..3 {
+        assert_eq!(time_to_live(c.url(i), 7).await, want, "server {i}");
+    }
+    assert_eq!(keep_alive(c.url(lagging), 7).await, Some(3));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mod_revisions(c.url(lagging), "kept/").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the lease expires after restarts"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(time_to_live(c.url(lagging), 7).await, (0, vec![]));
 }

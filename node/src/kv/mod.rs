@@ -7,7 +7,7 @@ mod mvcc;
 mod types;
 
 pub use error::{grpc_code, KvError};
-pub use mvcc::{check_txn, KvStore, KvWriter, TXN_OPS_MAX};
+pub use mvcc::{check_txn, KvStore, KvWriter, TABLES, TXN_OPS_MAX};
 pub use types::*;
 
 /// The range end covering every key that starts with `prefix` (etcd's prefix rule).

@@ -18,6 +18,9 @@ use heed::{Database, Env, RoTxn, RwTxn, WithoutTls};
 use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 
+/// How many tables the state machine has (see [`KvStore::tables`]).
+pub const TABLES: usize = 5;
+
 /// Most operations in one transaction, counting nested ones (etcd's default).
 pub const TXN_OPS_MAX: usize = 128;
 
@@ -255,8 +258,9 @@ impl KvStore {
         Ok(self.meta_get(txn, META_KEYS)?.unwrap_or(0))
     }
 
-    /// Every table's rows, for snapshots: (table name, key, value).
-    pub fn tables(&self) -> [(&'static str, Database<'static, Bytes, Bytes>); 5] {
+    /// Every table, for snapshots, in a fixed order (a snapshot names tables
+    /// by index).
+    pub fn tables(&self) -> [(&'static str, Database<'static, Bytes, Bytes>); TABLES] {
         [
             ("kv", self.kv),
             ("changes", self.changes),

@@ -167,6 +167,17 @@ impl Cluster {
         self.wait_ready(i).await;
     }
 
+    /// Starts every stopped server at once (a quorum needs several) and
+    /// waits until all are ready.
+    pub async fn restart_all(&mut self) {
+        for i in 0..self.servers.len() {
+            if self.servers[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        self.wait_ready_all().await;
+    }
+
     pub fn url(&self, i: usize) -> &str {
         &self.servers[i].client_url
     }
