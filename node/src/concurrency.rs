@@ -93,6 +93,63 @@ async fn enter(
     Ok((h, rev))
 }
 
+/// A contender's key that is withdrawn (deleted, if it is still the one
+/// created at `rev`) unless the wait for it succeeds: a client that gives up
+/// waiting, or disconnects, must not leave a key that later becomes the
+/// holder with nobody holding (etcd's `Mutex.Lock` and `Campaign` do the same).
+struct Withdraw {
+    node: Node,
+    key: Vec<u8>,
+    rev: i64,
+    armed: bool,
+}
+
+impl Withdraw {
+    fn new(node: &Node, key: &[u8], rev: i64) -> Withdraw {
+        Withdraw {
+            node: node.clone(),
+            key: key.to_vec(),
+            rev,
+            armed: true,
+        }
+    }
+
+    /// The wait succeeded: the key stays.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (node, key, rev) = (self.node.clone(), std::mem::take(&mut self.key), self.rev);
+        runtime.spawn(async move {
+            let withdraw = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Create(rev),
+                    key: key.clone(),
+                    range_end: Vec::new(),
+                }],
+                success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                })],
+                failure: Vec::new(),
+            };
+            if let Err(e) = node.txn(withdraw).await {
+                tracing::warn!(error = %e, "could not withdraw an abandoned contender's key; its lease will");
+            }
+        });
+    }
+}
+
 /// Waits until the contender with `key` (created at `rev`) is the first
 /// creator under `name/`. Reads local state once it has applied `rev`, which
 /// is safe: later contenders can only have larger create revisions.
@@ -156,7 +213,9 @@ pub async fn lock(
             String::from_utf8_lossy(&key).into_owned(),
         ));
     }
+    let withdraw = Withdraw::new(node, &key, rev);
     let h = wait_first(node, name, &key, rev, &node.metrics().lock_waiters).await?;
+    withdraw.keep();
     Ok((h, key, rev))
 }
 
@@ -198,7 +257,9 @@ pub async fn campaign(
             String::from_utf8_lossy(&key).into_owned(),
         ));
     }
+    let withdraw = Withdraw::new(node, &key, rev);
     let h = wait_first(node, name, &key, rev, &node.metrics().election_waiters).await?;
+    withdraw.keep();
     Ok((
         h,
         LeaderKey {

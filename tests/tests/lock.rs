@@ -273,3 +273,141 @@ async fn a_killed_leader_is_replaced_after_its_ttl_and_observers_see_each_change
     assert_eq!(unb64(&v["kv"]["value"]), b"b");
     keeper_b.abort();
 }
+
+fn prefix_end(p: &str) -> Vec<u8> {
+    let mut end = p.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    end
+}
+
+/// The value of a metric on a server's /metrics page.
+async fn metric(base: &str, name: &str) -> f64 {
+    let page = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// Waits (at most 10 s) until metric `name` equals `want`.
+async fn expect_metric(base: &str, name: &str, want: f64) {
+    let mut got = f64::NAN;
+    for _ in 0..100 {
+        got = metric(base, name).await;
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} is {got}, expected {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordination_metrics_count_watchers_leases_and_waiters() {
+    let c = Cluster::start(1).await;
+    let base = c.url(0).to_string();
+
+    // Leases: four granted, one revoked, one left to expire, one kept alive.
+    let kept = grant(&base, 60).await;
+    let expiring = grant(&base, 1).await;
+    let revoked = grant(&base, 60).await;
+    let waiting = grant(&base, 60).await;
+    let _ = expiring;
+    let (s, v) = post(
+        &format!("{base}/v3/lease/revoke"),
+        &json!({"ID": revoked.to_string()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v3/lease/keepalive"))
+        .body(format!(
+            "{}\n{}",
+            json!({"ID": kept.to_string()}),
+            json!({"ID": kept.to_string()})
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap().lines().count(),
+        2,
+        "two keep-alive answers"
+    );
+    expect_metric(&base, "meridian_lease_grants_total", 4.0).await;
+    expect_metric(&base, "meridian_lease_revokes_total", 1.0).await;
+    expect_metric(&base, "meridian_lease_keepalives_total", 2.0).await;
+    expect_metric(&base, "meridian_lease_expiries_total", 1.0).await;
+    expect_metric(&base, "meridian_leases", 2.0).await;
+
+    // A lock held and one client waiting for it; the same for an election.
+    lock(&base, "m", kept).await;
+    let lock_waiter = {
+        let base = base.clone();
+        tokio::spawn(async move { lock(&base, "m", waiting).await })
+    };
+    expect_metric(&base, "meridian_lock_waiters", 1.0).await;
+    let campaign = |lease: i64| {
+        let base = base.clone();
+        async move {
+            post_long(
+                &format!("{base}/v3/election/campaign"),
+                &json!({"name": b64(b"e"), "lease": lease.to_string(), "value": b64(b"x")}),
+            )
+            .await
+        }
+    };
+    assert_eq!(campaign(kept).await.0, 200);
+    let election_waiter = tokio::spawn(campaign(waiting));
+    expect_metric(&base, "meridian_election_waiters", 1.0).await;
+    // Waiters that give up (here: disconnect) stop counting, and their
+    // contender keys are withdrawn so they never hold with nobody holding.
+    lock_waiter.abort();
+    election_waiter.abort();
+    expect_metric(&base, "meridian_lock_waiters", 0.0).await;
+    expect_metric(&base, "meridian_election_waiters", 0.0).await;
+    for name in ["m/", "e/"] {
+        let mut contenders = 2;
+        for _ in 0..100 {
+            let (_, v) = post(
+                &format!("{base}/v3/kv/range"),
+                &json!({"key": b64(name.as_bytes()), "range_end": b64(&prefix_end(name)), "count_only": true}),
+            )
+            .await
+            .unwrap();
+            contenders = v["count"].as_str().unwrap_or("0").parse().unwrap();
+            if contenders == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(contenders, 1, "only the holder's key is left under {name}");
+    }
+
+    // One watch stream with two watchers; one put reaches both.
+    let body = [b"w/a".as_slice(), b"w/"]
+        .iter()
+        .map(|k| json!({"create_request": {"key": b64(k), "range_end": b64(b"w0")}}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut stream = reqwest::Client::new()
+        .post(format!("{base}/v3/watch"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    expect_metric(&base, "meridian_watch_streams", 1.0).await;
+    expect_metric(&base, "meridian_watchers", 2.0).await;
+    let before = metric(&base, "meridian_watch_events_total").await;
+    put(&base, "w/a", "1").await.unwrap();
+    expect_metric(&base, "meridian_watch_events_total", before + 2.0).await;
+    assert!(stream.chunk().await.unwrap().is_some());
+    drop(stream);
+    expect_metric(&base, "meridian_watch_streams", 0.0).await;
+    expect_metric(&base, "meridian_watchers", 0.0).await;
+}
