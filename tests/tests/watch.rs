@@ -500,3 +500,60 @@ async fn many_watchers_on_one_prefix_share_one_read_of_each_change() {
          yet storage was read {reads} times"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_with_progress_notify_hears_the_current_revision() {
+    // The test servers send progress every 300 ms (`[watch]` in support).
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let watch = |progress: bool| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v3/watch"))
+                .body(
+                    json!({"create_request": {"key": b64(b"quiet"), "progress_notify": progress,
+                                                "watch_id": "5"}})
+                    .to_string(),
+                )
+                .send()
+                .await
+                .expect("watch")
+        }
+    };
+    let mut with = Stream {
+        response: watch(true).await,
+        buf: Vec::new(),
+    };
+    let mut without = Stream {
+        response: watch(false).await,
+        buf: Vec::new(),
+    };
+    for s in [&mut with, &mut without] {
+        let created = s.next(Duration::from_secs(5)).await.expect("created");
+        assert_eq!(created["result"]["created"], json!(true), "{created}");
+    }
+    // Writes elsewhere move the revision the progress reports.
+    let (_, v) = put(&url, "elsewhere", "x").await.unwrap();
+    let revision = v["header"]["revision"].clone();
+    let mut progress = None;
+    for _ in 0..20 {
+        let v = with.next(Duration::from_secs(5)).await.expect("progress");
+        assert!(v["result"]["events"].is_null(), "no events: {v}");
+        if v["result"]["header"]["revision"] == revision {
+            progress = Some(v);
+            break;
+        }
+    }
+    let progress = progress.expect("a progress response at the current revision");
+    assert_eq!(progress["result"]["watch_id"], json!("5"), "{progress}");
+    assert!(progress["result"]["created"].is_null(), "{progress}");
+    // Another one follows while the watch stays idle.
+    let again = with
+        .next(Duration::from_secs(5))
+        .await
+        .expect("progress again");
+    assert_eq!(again["result"]["header"]["revision"], revision, "{again}");
+    // Without progress_notify an idle watch hears nothing.
+    assert!(without.next(Duration::from_secs(1)).await.is_none());
+}

@@ -108,7 +108,7 @@ impl Cluster {
                 "name = \"{name}\"\ndatacenter = \"test\"\ndata_dir = \"{data}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
                  [initial_members]\n{members}\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
                  [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\nsnapshot_logs = {snap}\npurge_lag_logs = {lag}\nrpc_timeout_ms = 1000\n\
-                 [limits]\nrequest_timeout_ms = 4000\nvalue_bytes_max = 65536\n[lease]\nmin_ttl_seconds = 1\n",
+                 [limits]\nrequest_timeout_ms = 4000\nvalue_bytes_max = 65536\n[lease]\nmin_ttl_seconds = 1\n[watch]\nprogress_notify_interval_ms = 300\n",
                 data = dir.path().join(name).display(),
                 ca = tls.join("ca.pem").display(),
                 cert = tls.join(format!("{name}.pem")).display(),
