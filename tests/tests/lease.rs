@@ -241,3 +241,32 @@ async fn lease_state_survives_a_snapshot_install_and_a_restart_of_every_server()
     }
     assert_eq!(time_to_live(c.url(lagging), 7).await, (0, vec![]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_storm_deletes_every_key_while_client_writes_keep_going() {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    const LEASES: i64 = 300;
+    for id in 1..=LEASES {
+        grant(&url, id, 1).await;
+        put_with_lease(&url, &format!("storm/{id}"), id).await;
+    }
+    // The leases expire together; client writes go on meanwhile, each
+    // answered within the request deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut writes = 0;
+    loop {
+        let (status, v) = put(&url, &format!("client/{writes}"), "x").await.unwrap();
+        assert_eq!(status, 200, "write {writes} during the expiry storm: {v}");
+        writes += 1;
+        if mod_revisions(&url, "storm/").await.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every lease expires");
+    }
+    assert!(writes > 1, "writes ran while the leases expired");
+    let (_, v) = post(&format!("{url}/v3/lease/leases"), &json!({}))
+        .await
+        .unwrap();
+    assert!(v["leases"].as_array().is_none_or(|l| l.is_empty()), "{v}");
+}
