@@ -16,6 +16,10 @@ use std::time::Duration;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
 /// Serves one request (the bytes of one frame) of one ALPN protocol.
 pub type Handler = Arc<dyn Fn(Vec<u8>) -> HandlerFuture + Send + Sync>;
+/// Serves one bidirectional stream of frames of one ALPN protocol, for
+/// exchanges longer than one request and one response.
+pub type StreamHandler =
+    Arc<dyn Fn(FrameReader, FrameWriter) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 const STATUS_OK: u8 = 0;
 const STATUS_ERR: u8 = 1;
@@ -52,8 +56,12 @@ pub struct Endpoint {
 
 struct Shared {
     client_configs: HashMap<Vec<u8>, quinn::ClientConfig>,
-    conns: Mutex<HashMap<ConnKey, quinn::Connection>>,
+    /// Live connections, with the server name each was verified for.
+    conns: Mutex<HashMap<ConnKey, (quinn::Connection, String)>>,
     handlers: RwLock<HashMap<Vec<u8>, Handler>>,
+    stream_handlers: RwLock<HashMap<Vec<u8>, StreamHandler>>,
+    /// Per ALPN, the DNS names one of which a connecting peer's certificate must carry.
+    admitted: RwLock<HashMap<Vec<u8>, Vec<String>>>,
     options: EndpointOptions,
 }
 
@@ -88,6 +96,8 @@ impl Endpoint {
             client_configs,
             conns: Mutex::new(HashMap::new()),
             handlers: RwLock::new(HashMap::new()),
+            stream_handlers: RwLock::new(HashMap::new()),
+            admitted: RwLock::new(HashMap::new()),
             options,
         });
         tokio::spawn(accept_loop(inner.clone(), shared.clone()));
@@ -109,6 +119,66 @@ impl Endpoint {
     pub fn register(&self, alpn: &[u8], handler: Handler) {
         if let Ok(mut handlers) = self.shared.handlers.write() {
             handlers.insert(alpn.to_vec(), handler);
+        }
+    }
+
+    /// Installs the handler for streams of an ALPN protocol; connections of
+    /// that protocol are then served stream by stream instead of by request.
+    pub fn register_streams(&self, alpn: &[u8], handler: StreamHandler) {
+        if let Ok(mut handlers) = self.shared.stream_handlers.write() {
+            handlers.insert(alpn.to_vec(), handler);
+        }
+    }
+
+    /// Accepts connections of `alpn` only from peers whose certificate (signed
+    /// by the CA, as always) carries one of `names`; others are closed at once.
+    /// Without a call, any certificate signed by the CA is accepted.
+    pub fn admit(&self, alpn: &[u8], names: Vec<String>) {
+        if let Ok(mut admitted) = self.shared.admitted.write() {
+            admitted.insert(alpn.to_vec(), names);
+        }
+    }
+
+    /// Opens a stream of frames to `addr`, connecting first if needed
+    /// (within `timeout`).
+    pub async fn open_stream(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        alpn: &[u8],
+        timeout: Duration,
+    ) -> Result<(FrameWriter, FrameReader), GatewayError> {
+        let open = async {
+            let mut retried = false;
+            loop {
+                let conn = self.connection(addr, server_name, alpn).await?;
+                match conn.open_bi().await {
+                    Ok((send, recv)) => {
+                        return Ok((FrameWriter { send, addr }, FrameReader { recv, addr }))
+                    }
+                    Err(e) if !retried => {
+                        tracing::debug!(error = %e, %addr, "stale connection; reconnecting");
+                        self.forget(addr, alpn);
+                        retried = true;
+                    }
+                    Err(e) => {
+                        return Err(GatewayError::Transport {
+                            addr,
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, open).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.forget(addr, alpn);
+                Err(GatewayError::Timeout {
+                    addr,
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
         }
     }
 
@@ -146,7 +216,7 @@ impl Endpoint {
     /// The smoothed round-trip time of the live connection to `addr`, if any.
     pub fn rtt(&self, addr: SocketAddr, alpn: &[u8]) -> Option<Duration> {
         let conns = self.shared.conns.lock().ok()?;
-        let conn = conns.get(&(addr, alpn.to_vec()))?;
+        let (conn, _) = conns.get(&(addr, alpn.to_vec()))?;
         conn.close_reason().is_none().then(|| conn.rtt())
     }
 
@@ -196,8 +266,9 @@ impl Endpoint {
     ) -> Result<quinn::Connection, GatewayError> {
         let key = (addr, alpn.to_vec());
         if let Ok(conns) = self.shared.conns.lock() {
-            if let Some(conn) = conns.get(&key) {
-                if conn.close_reason().is_none() {
+            if let Some((conn, name)) = conns.get(&key) {
+                // A connection verified for another name does not vouch for this one.
+                if conn.close_reason().is_none() && name == server_name {
                     return Ok(conn.clone());
                 }
             }
@@ -223,7 +294,7 @@ impl Endpoint {
             .map_err(|_| connect_error("connect timed out".to_string()))?
             .map_err(|e| connect_error(e.to_string()))?;
         if let Ok(mut conns) = self.shared.conns.lock() {
-            conns.insert(key, conn.clone());
+            conns.insert(key, (conn.clone(), server_name.to_string()));
         }
         Ok(conn)
     }
@@ -232,6 +303,75 @@ impl Endpoint {
         if let Ok(mut conns) = self.shared.conns.lock() {
             conns.remove(&(addr, alpn.to_vec()));
         }
+    }
+}
+
+/// The sending half of a stream of frames.
+pub struct FrameWriter {
+    send: quinn::SendStream,
+    addr: SocketAddr,
+}
+
+impl FrameWriter {
+    /// Sends one frame; waits while the peer's flow control window is full,
+    /// so a slow reader slows the writer instead of growing a buffer.
+    pub async fn send(&mut self, payload: &[u8]) -> Result<(), GatewayError> {
+        write_frame(&mut self.send, payload)
+            .await
+            .map_err(|e| GatewayError::Transport {
+                addr: self.addr,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Ends the stream cleanly: the reader's next `next()` is `Ok(None)`.
+    pub fn finish(mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Waits until the peer stops reading (or the connection ends).
+    pub async fn stopped(&mut self) {
+        let _ = self.send.stopped().await;
+    }
+}
+
+/// The receiving half of a stream of frames.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    addr: SocketAddr,
+}
+
+impl FrameReader {
+    /// The next frame, `Ok(None)` once the peer finished the stream.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, GatewayError> {
+        let transport = |reason: String| GatewayError::Transport {
+            addr: self.addr,
+            reason,
+        };
+        let mut len = [0u8; 4];
+        match self.recv.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+            Err(e) => return Err(transport(e.to_string())),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > crate::FRAME_BYTES_MAX {
+            return Err(GatewayError::FrameTooLarge {
+                bytes: len,
+                limit: crate::FRAME_BYTES_MAX,
+            });
+        }
+        let mut buf = vec![0u8; len];
+        self.recv
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        Ok(Some(buf))
+    }
+
+    /// Tells the peer to stop sending (the stream is no longer wanted).
+    pub fn stop(mut self) {
+        let _ = self.recv.stop(0u32.into());
     }
 }
 
@@ -262,12 +402,57 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|d| d.protocol)
                 .unwrap_or_default();
+            if !admitted(&conn, &alpn, &shared) {
+                tracing::warn!(
+                    remote = %conn.remote_address(),
+                    alpn = %String::from_utf8_lossy(&alpn),
+                    "refused a connection: its certificate is not issued for a datacenter this server accepts on that protocol"
+                );
+                conn.close(1u32.into(), b"certificate not accepted");
+                return;
+            }
             serve_connection(conn, alpn, shared).await;
         });
     }
 }
 
+/// Whether the peer's certificate carries a name admitted for `alpn`.
+fn admitted(conn: &quinn::Connection, alpn: &[u8], shared: &Shared) -> bool {
+    let names = match shared.admitted.read() {
+        Ok(admitted) => match admitted.get(alpn) {
+            Some(names) => names.clone(),
+            None => return true,
+        },
+        Err(_) => return false,
+    };
+    let chain = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    match chain {
+        Some(chain) => names
+            .iter()
+            .any(|name| crate::tls::certificate_names(&chain, name)),
+        None => false,
+    }
+}
+
 async fn serve_connection(conn: quinn::Connection, alpn: Vec<u8>, shared: Arc<Shared>) {
+    let streams = shared
+        .stream_handlers
+        .read()
+        .ok()
+        .and_then(|h| h.get(&alpn).cloned());
+    if let Some(handler) = streams {
+        let addr = conn.remote_address();
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(handler(
+                FrameReader { recv, addr },
+                FrameWriter { send, addr },
+            ));
+        }
+        return;
+    }
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
@@ -328,7 +513,7 @@ mod tests {
     #[tokio::test]
     async fn request_response_over_mutual_tls_and_reconnect_after_restart() {
         let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), &["a".into(), "b".into()]).unwrap();
+        generate(dir.path(), "dc1", &["a".into(), "b".into()]).unwrap();
         let a = endpoint(dir.path(), "a");
         let b = endpoint(dir.path(), "b");
         b.register(
@@ -390,8 +575,8 @@ mod tests {
     async fn a_peer_with_a_foreign_ca_is_refused() {
         let ours = tempfile::tempdir().unwrap();
         let theirs = tempfile::tempdir().unwrap();
-        generate(ours.path(), &["a".into()]).unwrap();
-        generate(theirs.path(), &["x".into()]).unwrap();
+        generate(ours.path(), "dc1", &["a".into()]).unwrap();
+        generate(theirs.path(), "dc1", &["x".into()]).unwrap();
         let a = endpoint(ours.path(), "a");
         a.register(
             crate::ALPN_PEER,
@@ -408,5 +593,97 @@ mod tests {
             )
             .await;
         assert!(result.is_err());
+    }
+
+    #[tokio::test]
+    async fn streams_carry_many_frames_each_way_and_a_slow_reader_holds_back_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), "dc1", &["a".into(), "b".into()]).unwrap();
+        let a = endpoint(dir.path(), "a");
+        let b = endpoint(dir.path(), "b");
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
+        b.register_streams(
+            crate::ALPN_PEER,
+            Arc::new(move |mut reader: FrameReader, mut writer: FrameWriter| {
+                let counter = counter.clone();
+                Box::pin(async move {
+                    // Echo each request frame, then send 1 MiB frames until stopped.
+                    while let Ok(Some(frame)) = reader.next().await {
+                        if frame == b"flood" {
+                            break;
+                        }
+                        if writer.send(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    let big = vec![7u8; 1 << 20];
+                    while writer.send(&big).await.is_ok() {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+            }),
+        );
+        let addr = b.local_addr().unwrap();
+        let (mut w, mut r) = a
+            .open_stream(addr, "b", crate::ALPN_PEER, Duration::from_secs(5))
+            .await
+            .unwrap();
+        for i in 0..100u32 {
+            w.send(&i.to_be_bytes()).await.unwrap();
+            assert_eq!(r.next().await.unwrap().unwrap(), i.to_be_bytes());
+        }
+        w.send(b"flood").await.unwrap();
+        assert_eq!(r.next().await.unwrap().unwrap().len(), 1 << 20);
+        // Not reading: the writer stops after the flow control window, far
+        // short of 1,000 frames.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let written = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            written < 100,
+            "{written} MiB written to a reader that reads nothing"
+        );
+        r.stop();
+        w.finish();
+    }
+
+    #[tokio::test]
+    async fn admission_refuses_certificates_of_other_datacenters() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), "dc1", &["a".into()]).unwrap();
+        generate(dir.path(), "dc2", &["b".into()]).unwrap();
+        generate(dir.path(), "dc3", &["c".into()]).unwrap();
+        let a = endpoint(dir.path(), "a");
+        a.register(
+            crate::ALPN_PEER,
+            Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })),
+        );
+        a.admit(crate::ALPN_PEER, vec![crate::tls::datacenter_name("dc2")]);
+        let addr = a.local_addr().unwrap();
+        let t = Duration::from_secs(2);
+        // The client checks the server's datacenter name too.
+        let b = endpoint(dir.path(), "b");
+        let dc1 = crate::tls::datacenter_name("dc1");
+        assert_eq!(
+            b.call(addr, &dc1, crate::ALPN_PEER, b"hi", t)
+                .await
+                .unwrap(),
+            b"hi"
+        );
+        assert!(b
+            .call(
+                addr,
+                &crate::tls::datacenter_name("dc3"),
+                crate::ALPN_PEER,
+                b"hi",
+                t
+            )
+            .await
+            .is_err());
+        let c = endpoint(dir.path(), "c");
+        assert!(c
+            .call(addr, &dc1, crate::ALPN_PEER, b"hi", t)
+            .await
+            .is_err());
     }
 }

@@ -12,7 +12,9 @@ mod error;
 mod frame;
 pub mod tls;
 
-pub use endpoint::{Endpoint, EndpointOptions, Handler, HandlerFuture};
+pub use endpoint::{
+    Endpoint, EndpointOptions, FrameReader, FrameWriter, Handler, HandlerFuture, StreamHandler,
+};
 pub use error::GatewayError;
 pub use frame::FRAME_BYTES_MAX;
 

@@ -34,6 +34,9 @@ pub enum NodeError {
     /// Raft could not be started.
     #[error("raft: {0}")]
     Raft(String),
+    /// The configuration does not fit the rest of the setup.
+    #[error("configuration: {0}")]
+    Config(String),
     /// No leader could be reached within the deadline (retryable).
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -63,7 +66,7 @@ impl NodeError {
             | NodeError::Stopped
             | NodeError::Transport(_) => UNAVAILABLE,
             NodeError::Timeout => DEADLINE_EXCEEDED,
-            NodeError::Storage(_) | NodeError::Raft(_) => INTERNAL,
+            NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Config(_) => INTERNAL,
         }
     }
 }
@@ -236,12 +239,31 @@ impl Node {
             .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let material = TlsMaterial::load(&config.tls)?;
+        let dc_name = meridian_gateway::tls::datacenter_name(&config.datacenter);
+        if !material.carries_name(&dc_name) {
+            return Err(NodeError::Config(format!(
+                "certificate {} is not issued for datacenter {:?} (it must carry the name {dc_name}; \
+                 create it with `meridian tls init --datacenter {}`)",
+                config.tls.cert.display(),
+                config.datacenter,
+                config.datacenter
+            )));
+        }
         let options = EndpointOptions {
             connect_timeout: config.raft.rpc_timeout,
             ..EndpointOptions::default()
         };
-        let endpoint = Endpoint::bind(config.peer_addr, &material, &[ALPN_PEER], options)?;
-        let network = PeerNetwork::new(endpoint.clone());
+        let endpoint = Endpoint::bind(
+            config.peer_addr,
+            &material,
+            &[ALPN_PEER, meridian_gateway::ALPN_WAN],
+            options,
+        )?;
+        // Raft and forwarding inside the datacenter: its own servers only.
+        endpoint.admit(ALPN_PEER, vec![dc_name]);
+        // Other datacenters are admitted by the federation once it knows them.
+        endpoint.admit(meridian_gateway::ALPN_WAN, Vec::new());
+        let network = PeerNetwork::new(endpoint.clone(), &config.datacenter);
 
         let raft_config = openraft::Config {
             cluster_name: config.datacenter.clone(),

@@ -9,8 +9,11 @@ fn meridian() -> Command {
 }
 
 fn free_base_port() -> u16 {
-    // Find 30 consecutive free TCP and UDP ports starting at a random-ish base.
-    let seed = std::process::id() as u16;
+    // Find 30 consecutive free TCP and UDP ports starting at a random-ish
+    // base; tests running in parallel in this process take different ones.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u16)
+        .wrapping_add(NEXT.fetch_add(1009, std::sync::atomic::Ordering::SeqCst));
     for attempt in 0..200u16 {
         let base = 20000 + (seed.wrapping_mul(31).wrapping_add(attempt * 97)) % 30000;
         let free = (0..3).all(|i| {
@@ -195,6 +198,35 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
 
     let err = start_error(&GOOD.replace("n1 = \"127.0.0.1:2\"", "n2 = \"127.0.0.1:2\""));
     assert!(err.contains("initial_members"), "{err}");
+
+    // A certificate issued for another datacenter is refused at start-up.
+    let tls = tempfile::tempdir().unwrap();
+    let out = meridian()
+        .args([
+            "tls",
+            "init",
+            "--datacenter",
+            "dc2",
+            "--names",
+            "n1",
+            "--dir",
+        ])
+        .arg(tls.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let data = tempfile::tempdir().unwrap();
+    let err = start_error(
+        &GOOD
+            .replace("/nonexistent", &tls.path().display().to_string())
+            .replace("/tmp/never-used", &data.path().display().to_string())
+            .replace("127.0.0.1:1", "127.0.0.1:0")
+            .replace("\"127.0.0.1:2\"", "\"127.0.0.1:0\""),
+    );
+    assert!(
+        err.contains("not issued for datacenter \"dc1\"") && err.contains("--datacenter dc1"),
+        "{err}"
+    );
 }
 
 /// Starts `meridian dev` on free ports; returns the child and the client URLs.
@@ -220,6 +252,8 @@ fn start_dev() -> (KillOnDrop, Vec<String>) {
                 .to_string()
         })
         .collect();
+    // Keep reading what dev prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, urls)
 }
 

@@ -99,12 +99,17 @@ pub enum PeerResponse {
 #[derive(Clone)]
 pub struct PeerNetwork {
     endpoint: Endpoint,
+    /// The name every member's certificate carries (its datacenter's).
+    server_name: String,
 }
 
 impl PeerNetwork {
-    /// Wraps the server's endpoint.
-    pub fn new(endpoint: Endpoint) -> PeerNetwork {
-        PeerNetwork { endpoint }
+    /// Wraps the server's endpoint; members are verified to belong to `datacenter`.
+    pub fn new(endpoint: Endpoint, datacenter: &str) -> PeerNetwork {
+        PeerNetwork {
+            endpoint,
+            server_name: meridian_gateway::tls::datacenter_name(datacenter),
+        }
     }
 
     /// Sends one request to a member and decodes the answer.
@@ -119,7 +124,7 @@ impl PeerNetwork {
             postcard::to_allocvec(request).map_err(|e| GatewayError::Codec(e.to_string()))?;
         let answer = self
             .endpoint
-            .call(addr, &member.name, ALPN_PEER, &bytes, timeout)
+            .call(addr, &self.server_name, ALPN_PEER, &bytes, timeout)
             .await?;
         postcard::from_bytes(&answer).map_err(|e| GatewayError::Codec(e.to_string()))
     }

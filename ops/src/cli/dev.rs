@@ -53,7 +53,8 @@ pub async fn run(args: Args) -> Result<()> {
     let tls_dir = root.join("tls");
     if !tls_dir.join("ca.pem").exists() {
         let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
-        meridian_gateway::tls::generate(&tls_dir, &names).context("generating certificates")?;
+        meridian_gateway::tls::generate(&tls_dir, &args.datacenter, &names)
+            .context("generating certificates")?;
     }
     let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let client_port = |i: usize| args.base_port + 10 * i as u16;
@@ -86,14 +87,14 @@ pub async fn run(args: Args) -> Result<()> {
             lease: Default::default(),
         };
         running.push(crate::server::start(config).await?);
-        println!(
+        say(format_args!(
             "dc={} name={} client=http://{}",
             args.datacenter,
             name,
             addr(client_port(i))
-        );
+        ));
     }
-    println!(
+    say(format_args!(
         "data: {}{}",
         root.display(),
         if temp.is_some() {
@@ -101,11 +102,21 @@ pub async fn run(args: Args) -> Result<()> {
         } else {
             ""
         }
-    );
+    ));
     super::agent::wait_for_signal().await;
     for r in running {
         r.stop().await;
     }
     drop(temp);
     Ok(())
+}
+
+/// Prints one line; a closed stdout (e.g. `meridian dev | head -3`) does not
+/// stop the datacenter.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
 }

@@ -85,7 +85,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let names: Vec<String> = (1..=size).map(|i| format!("n{i}")).collect();
         let status = Command::new(binary())
-            .args(["tls", "init", "--dir"])
+            .args(["tls", "init", "--datacenter", "test", "--dir"])
             .arg(dir.path().join("tls"))
             .arg("--names")
             .arg(names.join(","))
