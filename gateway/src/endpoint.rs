@@ -325,11 +325,12 @@ impl FrameWriter {
     }
 
     /// Ends the stream cleanly: the reader's next `next()` is `Ok(None)`.
-    pub fn finish(mut self) {
+    pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
 
-    /// Waits until the peer stops reading (or the connection ends).
+    /// Waits until the peer stops reading, has read everything after
+    /// [`FrameWriter::finish`], or the connection ends.
     pub async fn stopped(&mut self) {
         let _ = self.send.stopped().await;
     }

@@ -253,6 +253,11 @@ impl Metrics {
         })
     }
 
+    /// The registry behind `/metrics`, for other crates' metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

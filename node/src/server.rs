@@ -826,6 +826,11 @@ impl Node {
         Ok(h)
     }
 
+    /// This server's QUIC endpoint (Raft peers and other datacenters).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
     /// The current members.
     pub fn members(&self) -> Vec<MemberInfo> {
         let metrics = self.inner.raft.metrics().borrow().clone();

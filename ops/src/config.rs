@@ -4,6 +4,7 @@
 //! a message naming the key.
 
 use anyhow::{bail, Context, Result};
+use meridian_federation::FederationConfig;
 use meridian_gateway::tls::TlsPaths;
 use meridian_node::config::{InitialMember, LeaseSettings, Limits, RaftSettings, WatchSettings};
 use meridian_node::NodeConfig;
@@ -33,6 +34,35 @@ struct FileConfig {
     watch: WatchSection,
     #[serde(default)]
     lease: LeaseSection,
+    #[serde(default)]
+    federation: FederationSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FederationSection {
+    peers: BTreeMap<String, Vec<String>>,
+    forward_timeout_ms: u64,
+    probe_interval_ms: u64,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        let d = FederationConfig::default();
+        FederationSection {
+            peers: BTreeMap::new(),
+            forward_timeout_ms: d.forward_timeout.as_millis() as u64,
+            probe_interval_ms: d.probe_interval.as_millis() as u64,
+        }
+    }
+}
+
+/// A server's whole configuration: the node and its place in the federation.
+pub struct ServerConfig {
+    /// The node's settings.
+    pub node: NodeConfig,
+    /// The other datacenters.
+    pub federation: FederationConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,7 +162,7 @@ impl Default for LeaseSection {
 }
 
 /// Reads, merges and validates the configuration.
-pub fn load(path: &Path) -> Result<NodeConfig> {
+pub fn load(path: &Path) -> Result<ServerConfig> {
     if !path.is_file() {
         bail!("config file {} not found", path.display());
     }
@@ -152,14 +182,44 @@ pub fn load(path: &Path) -> Result<NodeConfig> {
     validate(file)
 }
 
-fn validate(f: FileConfig) -> Result<NodeConfig> {
+fn validate(f: FileConfig) -> Result<ServerConfig> {
     let bad = |key: &str, why: &str| anyhow::anyhow!("config key `{key}`: {why}");
     if f.name.is_empty() || f.name.contains(['/', '\\']) {
         return Err(bad("name", "must be a non-empty name without slashes"));
     }
-    if f.datacenter.is_empty() {
-        return Err(bad("datacenter", "must not be empty"));
+    if !meridian_gateway::tls::valid_datacenter(&f.datacenter) {
+        return Err(bad(
+            "datacenter",
+            "must be 1 to 63 letters, digits or '-' (it is carried in certificates)",
+        ));
     }
+    let fed = &f.federation;
+    for (dc, seeds) in &fed.peers {
+        let key = format!("federation.peers.{dc}");
+        if !meridian_gateway::tls::valid_datacenter(dc) {
+            return Err(bad(
+                &key,
+                "datacenter names are 1 to 63 letters, digits or '-'",
+            ));
+        }
+        if *dc == f.datacenter {
+            return Err(bad(&key, "this is the server's own datacenter"));
+        }
+        if seeds.is_empty() || seeds.iter().any(|s| !s.contains(':')) {
+            return Err(bad(&key, "needs one or more seed addresses host:port"));
+        }
+    }
+    if fed.forward_timeout_ms == 0 || fed.probe_interval_ms == 0 {
+        return Err(bad(
+            "federation",
+            "forward_timeout_ms and probe_interval_ms must be greater than zero",
+        ));
+    }
+    let federation = FederationConfig {
+        peers: fed.peers.clone(),
+        forward_timeout: Duration::from_millis(fed.forward_timeout_ms),
+        probe_interval: Duration::from_millis(fed.probe_interval_ms),
+    };
     if !f.initial_members.contains_key(&f.name) {
         return Err(bad(
             "initial_members",
@@ -220,7 +280,7 @@ fn validate(f: FileConfig) -> Result<NodeConfig> {
     if f.lease.min_ttl_seconds < 1 {
         return Err(bad("lease.min_ttl_seconds", "must be at least 1"));
     }
-    Ok(NodeConfig {
+    let node = NodeConfig {
         lease: LeaseSettings {
             min_ttl_seconds: f.lease.min_ttl_seconds,
         },
@@ -259,5 +319,6 @@ fn validate(f: FileConfig) -> Result<NodeConfig> {
             quota_bytes: l.quota_bytes,
             request_timeout: Duration::from_millis(l.request_timeout_ms),
         },
-    })
+    };
+    Ok(ServerConfig { node, federation })
 }

@@ -1,17 +1,21 @@
-//! Running one server: the node plus its client HTTP listener.
+//! Running one server: the node, its place in the federation and its client
+//! HTTP listener.
 
 use anyhow::{Context, Result};
+use meridian_federation::{Federation, FederationConfig};
 use meridian_node::{Node, NodeConfig};
 
 /// A started server and the task serving its HTTP API.
 pub struct Running {
     /// The node.
     pub node: Node,
+    /// Its federation links.
+    pub federation: Federation,
     http: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the node and serves its client API.
-pub async fn start(config: NodeConfig) -> Result<Running> {
+/// Starts the node, joins the federation and serves the client API.
+pub async fn start(config: NodeConfig, federation: FederationConfig) -> Result<Running> {
     let listener = tokio::net::TcpListener::bind(config.client_addr)
         .await
         .with_context(|| format!("cannot listen for clients on {}", config.client_addr))?;
@@ -19,19 +23,27 @@ pub async fn start(config: NodeConfig) -> Result<Running> {
     let node = Node::start(config)
         .await
         .with_context(|| format!("server {name} failed to start"))?;
-    let app = meridian_node::api::router(node.clone());
+    let api = meridian_node::api::router(node.clone());
+    let federation = Federation::start(node.clone(), federation, api)
+        .with_context(|| format!("server {name} could not join the federation"))?;
+    let app = federation.router();
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "client API stopped");
         }
     });
-    Ok(Running { node, http })
+    Ok(Running {
+        node,
+        federation,
+        http,
+    })
 }
 
 impl Running {
-    /// Stops serving clients, then stops the node.
+    /// Stops serving clients and the federation links, then stops the node.
     pub async fn stop(self) {
         self.http.abort();
+        self.federation.stop();
         self.node.shutdown().await;
     }
 }

@@ -83,7 +83,7 @@ async fn acknowledged_writes_survive_sigkill_with_their_revisions() {
                 &json!({ "key": b64(format!("k/{i:04}").as_bytes()) }),
             )
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("range on server {server}: {e}"));
             assert_eq!(status, 200);
             let kv = &v["kvs"][0];
             assert_eq!(

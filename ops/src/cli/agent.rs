@@ -13,7 +13,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     let config = crate::config::load(&args.config)?;
-    let running = crate::server::start(config).await?;
+    let running = crate::server::start(config.node, config.federation).await?;
     tracing::info!(name = %running.node.config().name, datacenter = %running.node.config().datacenter, "server started");
     wait_for_signal().await;
     tracing::info!("shutting down");

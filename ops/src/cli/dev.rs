@@ -1,11 +1,15 @@
-//! `meridian dev`: a datacenter of three servers on loopback in one process,
-//! with generated certificates and temporary data (or `--data-dir`).
+//! `meridian dev`: a federation of datacenters (`dc1`, `dc2`, ...; two by
+//! default, `--dcs N`) of three servers each on loopback, in one process, with
+//! generated certificates (one CA for the federation) and temporary data (or
+//! `--data-dir`).
 //!
-//! Ports: server i (0, 1, 2) listens for clients on `base + 10*i` and for
-//! peers (QUIC) on `base + 10*i + 1`. With the default base 2379 the client
-//! URLs are :2379, :2389 and :2399, the CLI's default endpoints.
+//! Ports: server i (0, 1, 2) of datacenter d (0, 1, ...) listens for clients
+//! on `base + 100*d + 10*i` and for peers and other datacenters (QUIC) on that
+//! port + 1. With the default base 2379, dc1's client URLs are :2379, :2389
+//! and :2399 (the CLI's default endpoints) and dc2's :2479, :2489 and :2499.
 
 use anyhow::{Context, Result};
+use meridian_federation::FederationConfig;
 use meridian_gateway::tls::TlsPaths;
 use meridian_node::config::{InitialMember, Limits, RaftSettings};
 use meridian_node::NodeConfig;
@@ -22,17 +26,18 @@ pub struct Args {
     /// Keep data here across runs instead of in a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Datacenter name.
-    #[arg(long, default_value = "dc1")]
-    datacenter: String,
+    /// How many datacenters (named dc1, dc2, ...).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=9))]
+    dcs: u16,
 }
 
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 
 pub async fn run(args: Args) -> Result<()> {
-    if args.base_port > u16::MAX - 30 {
+    let dcs = args.dcs as u32;
+    if u32::from(args.base_port) + 100 * (dcs - 1) + 21 > u32::from(u16::MAX) {
         anyhow::bail!(
-            "--base-port {} leaves no room for three servers",
+            "--base-port {} leaves no room for {dcs} datacenters of three servers",
             args.base_port
         );
     }
@@ -50,49 +55,78 @@ pub async fn run(args: Args) -> Result<()> {
         (None, Some(t)) => t.path().to_path_buf(),
         (None, None) => unreachable!("one of the two is set"),
     };
-    let tls_dir = root.join("tls");
-    if !tls_dir.join("ca.pem").exists() {
-        let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
-        meridian_gateway::tls::generate(&tls_dir, &args.datacenter, &names)
+    let addr = |port: u32| SocketAddr::from(([127, 0, 0, 1], port as u16));
+    let client_port = |d: u32, i: usize| u32::from(args.base_port) + 100 * d + 10 * i as u32;
+    let dc_name = |d: u32| format!("dc{}", d + 1);
+    let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
+
+    // One CA for the federation; each datacenter's certificates in its own directory.
+    let tls_root = root.join("tls");
+    for d in 0..dcs {
+        let dir = tls_root.join(dc_name(d));
+        if dir.join("n1.pem").exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir).context("certificate directory")?;
+        if d > 0 {
+            for file in ["ca.pem", "ca-key.pem"] {
+                std::fs::copy(tls_root.join(dc_name(0)).join(file), dir.join(file))
+                    .context("sharing the federation's CA")?;
+            }
+        }
+        meridian_gateway::tls::generate(&dir, &dc_name(d), &names)
             .context("generating certificates")?;
     }
-    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let client_port = |i: usize| args.base_port + 10 * i as u16;
-    let members: BTreeMap<String, InitialMember> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let m = InitialMember {
-                peer_addr: addr(client_port(i) + 1).to_string(),
-                client_url: format!("http://{}", addr(client_port(i))),
-            };
-            (n.to_string(), m)
-        })
-        .collect();
+
     let mut running = Vec::new();
-    for (i, name) in NAMES.iter().enumerate() {
-        let config = NodeConfig {
-            name: name.to_string(),
-            datacenter: args.datacenter.clone(),
-            data_dir: root.join(name),
-            client_addr: addr(client_port(i)),
-            peer_addr: addr(client_port(i) + 1),
-            advertise_client_url: format!("http://{}", addr(client_port(i))),
-            advertise_peer_addr: addr(client_port(i) + 1).to_string(),
-            initial_members: members.clone(),
-            tls: TlsPaths::in_dir(&tls_dir, name),
-            raft: RaftSettings::default(),
-            limits: Limits::default(),
-            watch: Default::default(),
-            lease: Default::default(),
+    for d in 0..dcs {
+        let members: BTreeMap<String, InitialMember> = NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let m = InitialMember {
+                    peer_addr: addr(client_port(d, i) + 1).to_string(),
+                    client_url: format!("http://{}", addr(client_port(d, i))),
+                };
+                (n.to_string(), m)
+            })
+            .collect();
+        let federation = FederationConfig {
+            peers: (0..dcs)
+                .filter(|other| *other != d)
+                .map(|other| {
+                    let seeds = (0..NAMES.len())
+                        .map(|i| addr(client_port(other, i) + 1).to_string())
+                        .collect();
+                    (dc_name(other), seeds)
+                })
+                .collect(),
+            ..FederationConfig::default()
         };
-        running.push(crate::server::start(config).await?);
-        say(format_args!(
-            "dc={} name={} client=http://{}",
-            args.datacenter,
-            name,
-            addr(client_port(i))
-        ));
+        for (i, name) in NAMES.iter().enumerate() {
+            let config = NodeConfig {
+                name: name.to_string(),
+                datacenter: dc_name(d),
+                data_dir: root.join(dc_name(d)).join(name),
+                client_addr: addr(client_port(d, i)),
+                peer_addr: addr(client_port(d, i) + 1),
+                advertise_client_url: format!("http://{}", addr(client_port(d, i))),
+                advertise_peer_addr: addr(client_port(d, i) + 1).to_string(),
+                initial_members: members.clone(),
+                tls: TlsPaths::in_dir(&tls_root.join(dc_name(d)), name),
+                raft: RaftSettings::default(),
+                limits: Limits::default(),
+                watch: Default::default(),
+                lease: Default::default(),
+            };
+            running.push(crate::server::start(config, federation.clone()).await?);
+            say(format_args!(
+                "dc={} name={} client=http://{}",
+                dc_name(d),
+                name,
+                addr(client_port(d, i))
+            ));
+        }
     }
     say(format_args!(
         "data: {}{}",
@@ -112,7 +146,7 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// Prints one line; a closed stdout (e.g. `meridian dev | head -3`) does not
-/// stop the datacenter.
+/// stop the federation.
 fn say(line: std::fmt::Arguments) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

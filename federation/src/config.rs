@@ -1,0 +1,68 @@
+//! Federation settings, as the `[federation]` section of the configuration gives them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Why the federation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// The configuration is inconsistent.
+    #[error("federation: {0}")]
+    Config(String),
+    /// The metrics could not be registered.
+    #[error("federation metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The other datacenters and how to talk to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// Remote datacenters by name, each with seed WAN addresses (`host:port`
+    /// of any of its servers' QUIC endpoints). Seeds need only be good enough
+    /// to reach one server: each datacenter tells the others its current list.
+    pub peers: BTreeMap<String, Vec<String>>,
+    /// How long a forwarded request may take to reach the other datacenter
+    /// and be accepted there before it is answered 503.
+    pub forward_timeout: Duration,
+    /// How often each link is probed (hello, server list, RTT) while up.
+    pub probe_interval: Duration,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            peers: BTreeMap::new(),
+            forward_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl FederationConfig {
+    /// Checks the settings against this server's own datacenter name.
+    pub fn validate(&self, own: &str) -> Result<(), FederationError> {
+        for (dc, seeds) in &self.peers {
+            if !meridian_gateway::tls::valid_datacenter(dc) {
+                return Err(FederationError::Config(format!(
+                    "peers: invalid datacenter name {dc:?}"
+                )));
+            }
+            if dc == own {
+                return Err(FederationError::Config(format!(
+                    "peers: {dc:?} is this server's own datacenter"
+                )));
+            }
+            if seeds.is_empty() {
+                return Err(FederationError::Config(format!(
+                    "peers.{dc}: at least one seed address is needed"
+                )));
+            }
+        }
+        if self.forward_timeout.is_zero() || self.probe_interval.is_zero() {
+            return Err(FederationError::Config(
+                "forward_timeout_ms and probe_interval_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}

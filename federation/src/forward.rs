@@ -1,0 +1,386 @@
+//! Cross-datacenter forwarding. A client request with `dc=<name>` in its
+//! query or a `Meridian-Datacenter: <name>` header is sent over the WAN link
+//! to that datacenter and run there by its own client API, exactly as a
+//! request made there would run (its header, its revision, linearizable
+//! there unless the request says otherwise). Both bodies stream, so watches,
+//! keep-alives and lock waits work across datacenters. Every answer names
+//! the datacenter that served it in the `Meridian-Datacenter` header.
+
+use crate::wire::{self, HttpHead, ResponseHead, WanRequest, WanResponse};
+use crate::{Federation, DATACENTER_HEADER};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use meridian_gateway::{FrameReader, FrameWriter};
+use std::time::Instant;
+use tower::ServiceExt;
+
+/// Request headers carried to the other datacenter; the rest (hop-by-hop,
+/// host, the selector itself) stay behind.
+const CARRIED: [&str; 4] = ["content-type", "accept", "last-event-id", "authorization"];
+
+/// The middleware: runs requests for this datacenter here, forwards the rest.
+pub async fn route(State(fed): State<Federation>, req: Request, next: Next) -> Response {
+    let own = fed.datacenter().to_string();
+    let (target, uri) = match target(&req) {
+        Ok(t) => t,
+        Err(response) => return *response,
+    };
+    let mut req = req;
+    if let Some(uri) = uri {
+        *req.uri_mut() = uri;
+    }
+    let mut response = match target {
+        Some(dc) if dc != own => forward(&fed, &dc, req).await,
+        _ => next.run(req).await,
+    };
+    if !response.headers().contains_key(DATACENTER_HEADER) {
+        if let Ok(v) = HeaderValue::from_str(&own) {
+            response.headers_mut().insert(DATACENTER_HEADER, v);
+        }
+    }
+    response
+}
+
+/// The datacenter a request names (query `dc=` wins over the header) and
+/// its URI without the `dc` parameter.
+#[allow(clippy::type_complexity)]
+fn target(req: &Request) -> Result<(Option<String>, Option<Uri>), Box<Response>> {
+    let mut dc = req
+        .headers()
+        .get(DATACENTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some(query) = req.uri().query() else {
+        return Ok((dc, None));
+    };
+    let mut kept = Vec::new();
+    let mut found = false;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("dc", name)) => {
+                dc = Some(name.to_string());
+                found = true;
+            }
+            None if pair == "dc" => {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    3,
+                    "dc needs a datacenter name: dc=<name>".into(),
+                    None,
+                )))
+            }
+            _ => kept.push(pair),
+        }
+    }
+    if !found {
+        return Ok((dc, None));
+    }
+    let path = req.uri().path();
+    let rebuilt = if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let uri = rebuilt.parse::<Uri>().map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            3,
+            format!("bad request URI: {e}"),
+            None,
+        ))
+    })?;
+    Ok((dc, Some(uri)))
+}
+
+/// An error in the client API's JSON shape (etcd's `error`, `code`,
+/// `message`), with the known datacenters when that helps.
+fn error(status: StatusCode, code: i32, message: String, known: Option<Vec<String>>) -> Response {
+    let mut body = serde_json::json!({ "error": message, "code": code, "message": message });
+    if let Some(known) = known {
+        body["datacenters"] = serde_json::json!(known);
+    }
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
+    let shared = &fed.shared;
+    let metrics = &shared.metrics;
+    if !shared.links.knows(dc) {
+        let mut known = vec![fed.datacenter().to_string()];
+        known.extend(shared.links.names());
+        known.sort();
+        return error(
+            StatusCode::NOT_FOUND,
+            5,
+            format!("unknown datacenter {dc:?}; known: {}", known.join(", ")),
+            Some(known),
+        );
+    }
+    let start = Instant::now();
+    let timeout = shared.config.forward_timeout;
+    let (parts, body) = req.into_parts();
+    let head = HttpHead {
+        from: fed.datacenter().to_string(),
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.to_string()),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(name, _)| CARRIED.contains(&name.as_str()))
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect(),
+    };
+    let unreachable = |cause: String| {
+        metrics
+            .forwarded
+            .with_label_values(&[dc, "unreachable"])
+            .inc();
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            14,
+            format!("datacenter {dc:?} is unreachable: {cause}"),
+            None,
+        )
+    };
+    // Reaching the datacenter and having the request accepted there is
+    // bounded by the timeout; the answer itself may take as long as the
+    // request does there (a lock wait, a watch).
+    let reach = async {
+        let (mut w, mut r, _) = shared.links.open(dc, timeout).await.map_err(|e| match e {
+            crate::LinkError::Unreachable { cause, .. } => cause,
+            other => other.to_string(),
+        })?;
+        let first = wire::encode(&WanRequest::Http(head));
+        w.send(&first).await.map_err(|e| e.to_string())?;
+        metrics.frame(dc, true, first.len());
+        let accepted = r
+            .next()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("stream closed before the request was accepted")?;
+        metrics.frame(dc, false, accepted.len());
+        match wire::decode::<WanResponse>(&accepted)? {
+            WanResponse::Accepted => Ok((w, r)),
+            WanResponse::Refused(why) => Err(format!("refused: {why}")),
+            other => Err(format!("unexpected answer: {other:?}")),
+        }
+    };
+    let (w, mut r) = match tokio::time::timeout(timeout, reach).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(cause)) => return unreachable(cause),
+        Err(_) => return unreachable(format!("no answer within {} ms", timeout.as_millis())),
+    };
+    // The request body streams to the other side while the answer comes back.
+    let pump = tokio::spawn(pump_body(body, w, dc.to_string(), metrics.clone()));
+    let head = match r.next().await {
+        Ok(Some(frame)) => {
+            metrics.frame(dc, false, frame.len());
+            match wire::decode::<WanResponse>(&frame) {
+                Ok(WanResponse::Http(head)) => head,
+                Ok(other) => return unreachable(format!("unexpected answer: {other:?}")),
+                Err(e) => return unreachable(e),
+            }
+        }
+        Ok(None) => return unreachable("the stream ended before the answer".into()),
+        Err(e) => return unreachable(e.to_string()),
+    };
+    metrics.forwarded.with_label_values(&[dc, "ok"]).inc();
+    metrics
+        .forward_duration
+        .with_label_values(&[dc])
+        .observe(start.elapsed().as_secs_f64());
+    let dc_owned = dc.to_string();
+    let counting = metrics.clone();
+    let body = futures::stream::unfold((r, pump), move |(mut r, pump)| {
+        let dc = dc_owned.clone();
+        let metrics = counting.clone();
+        async move {
+            match r.next().await {
+                Ok(Some(frame)) => {
+                    metrics.frame(&dc, false, frame.len());
+                    Some((Ok::<Bytes, std::io::Error>(Bytes::from(frame)), (r, pump)))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), (r, pump))),
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in head.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(dc) {
+        response.headers_mut().insert(DATACENTER_HEADER, v);
+    }
+    response
+}
+
+/// Sends a request body as frames, then ends the stream.
+async fn pump_body(
+    body: Body,
+    mut w: FrameWriter,
+    dc: String,
+    metrics: crate::metrics::FederationMetrics,
+) {
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else { return };
+        if chunk.is_empty() {
+            continue;
+        }
+        if w.send(&chunk).await.is_err() {
+            return;
+        }
+        metrics.frame(&dc, true, chunk.len());
+    }
+    w.finish();
+}
+
+/// Serves one WAN stream from another datacenter.
+pub(crate) async fn serve(fed: Federation, mut r: FrameReader, mut w: FrameWriter) {
+    let Ok(Some(first)) = r.next().await else {
+        return;
+    };
+    let shared = &fed.shared;
+    let request = match wire::decode::<WanRequest>(&first) {
+        Ok(request) => request,
+        Err(e) => {
+            let _ = w.send(&wire::encode(&WanResponse::Refused(e))).await;
+            w.finish();
+            return;
+        }
+    };
+    let from = match &request {
+        WanRequest::Hello(h) => h.datacenter.clone(),
+        WanRequest::Http(h) => h.from.clone(),
+    };
+    if !shared.links.knows(&from) {
+        let why = format!(
+            "datacenter {from:?} is not among {}'s peers",
+            fed.datacenter()
+        );
+        let _ = w.send(&wire::encode(&WanResponse::Refused(why))).await;
+        w.finish();
+        return;
+    }
+    shared.metrics.frame(&from, false, first.len());
+    match request {
+        WanRequest::Hello(_) => {
+            let hello = wire::encode(&WanResponse::Hello(wire::Hello {
+                datacenter: fed.datacenter().to_string(),
+                servers: shared
+                    .node
+                    .members()
+                    .into_iter()
+                    .map(|m| m.peer_addr)
+                    .collect(),
+            }));
+            if w.send(&hello).await.is_ok() {
+                shared.metrics.frame(&from, true, hello.len());
+            }
+            w.finish();
+            w.stopped().await;
+        }
+        WanRequest::Http(head) => serve_http(&fed, &from, head, r, w).await,
+    }
+}
+
+async fn serve_http(
+    fed: &Federation,
+    from: &str,
+    head: HttpHead,
+    r: FrameReader,
+    mut w: FrameWriter,
+) {
+    let metrics = fed.shared.metrics.clone();
+    let accepted = wire::encode(&WanResponse::Accepted);
+    if w.send(&accepted).await.is_err() {
+        return;
+    }
+    metrics.frame(from, true, accepted.len());
+    let from_owned = from.to_string();
+    let counting = metrics.clone();
+    let body = futures::stream::unfold(r, move |mut r| {
+        let from = from_owned.clone();
+        let metrics = counting.clone();
+        async move {
+            match r.next().await {
+                Ok(Some(frame)) => {
+                    metrics.frame(&from, false, frame.len());
+                    Some((Ok::<Bytes, std::io::Error>(Bytes::from(frame)), r))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), r)),
+            }
+        }
+    });
+    let mut builder = Request::builder()
+        .method(head.method.as_str())
+        .uri(head.uri.as_str());
+    for (name, value) in &head.headers {
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    let response = match builder.body(Body::from_stream(body)) {
+        Ok(request) => match fed.shared.local.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            3,
+            format!("malformed forwarded request: {e}"),
+            None,
+        ),
+    };
+    let (parts, body) = response.into_parts();
+    let head = wire::encode(&WanResponse::Http(ResponseHead {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    }));
+    if w.send(&head).await.is_err() {
+        return;
+    }
+    metrics.frame(from, true, head.len());
+    let mut chunks = body.into_data_stream();
+    loop {
+        // A caller that goes away stops the stream: stop producing the body.
+        let chunk = tokio::select! {
+            chunk = chunks.next() => chunk,
+            _ = w.stopped() => return,
+        };
+        match chunk {
+            Some(Ok(chunk)) if chunk.is_empty() => continue,
+            Some(Ok(chunk)) => {
+                if w.send(&chunk).await.is_err() {
+                    return;
+                }
+                metrics.frame(from, true, chunk.len());
+            }
+            _ => break,
+        }
+    }
+    w.finish();
+}

@@ -1,0 +1,89 @@
+//! Federation metrics, registered in the server's `/metrics` registry.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Per remote datacenter: link state, traffic and forwarded requests.
+#[derive(Clone)]
+pub struct FederationMetrics {
+    /// 1 while the link to the datacenter is up.
+    pub link_up: IntGaugeVec,
+    /// Smoothed round-trip time to the datacenter, in seconds.
+    pub link_rtt: prometheus::GaugeVec,
+    /// WAN messages (frames) by datacenter and direction.
+    pub messages: IntCounterVec,
+    /// WAN bytes by datacenter and direction.
+    pub bytes: IntCounterVec,
+    /// Forwarded requests by datacenter and outcome.
+    pub forwarded: IntCounterVec,
+    /// Time until a forwarded request's answer began, by datacenter.
+    pub forward_duration: HistogramVec,
+}
+
+impl FederationMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> Result<FederationMetrics, prometheus::Error> {
+        let m = FederationMetrics {
+            link_up: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_federation_link_up",
+                    "1 while the WAN link to the datacenter is up.",
+                ),
+                &["dc"],
+            )?,
+            link_rtt: prometheus::GaugeVec::new(
+                Opts::new(
+                    "meridian_federation_link_rtt_seconds",
+                    "Smoothed round-trip time of the WAN link to the datacenter.",
+                ),
+                &["dc"],
+            )?,
+            messages: IntCounterVec::new(
+                Opts::new(
+                    "meridian_federation_messages_total",
+                    "WAN messages exchanged with the datacenter, by direction (sent, received).",
+                ),
+                &["dc", "direction"],
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "meridian_federation_bytes_total",
+                    "WAN payload bytes exchanged with the datacenter, by direction (sent, received).",
+                ),
+                &["dc", "direction"],
+            )?,
+            forwarded: IntCounterVec::new(
+                Opts::new(
+                    "meridian_federation_forwarded_requests_total",
+                    "Client requests forwarded to the datacenter, by outcome (ok, unreachable, refused).",
+                ),
+                &["dc", "outcome"],
+            )?,
+            forward_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "meridian_federation_forward_duration_seconds",
+                    "Time from forwarding a client request until its answer began.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["dc"],
+            )?,
+        };
+        registry.register(Box::new(m.link_up.clone()))?;
+        registry.register(Box::new(m.link_rtt.clone()))?;
+        registry.register(Box::new(m.messages.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.forward_duration.clone()))?;
+        Ok(m)
+    }
+
+    /// Counts one frame.
+    pub fn frame(&self, dc: &str, sent: bool, bytes: usize) {
+        let direction = if sent { "sent" } else { "received" };
+        self.messages.with_label_values(&[dc, direction]).inc();
+        self.bytes
+            .with_label_values(&[dc, direction])
+            .inc_by(bytes as u64);
+    }
+}
