@@ -13,12 +13,11 @@ pub(crate) fn routes(fed: Federation) -> Router {
 }
 
 async fn datacenters(State(fed): State<Federation>) -> Json<Value> {
-    let node = &fed.shared.node;
     let local = json!({
         "name": fed.datacenter(),
         "local": true,
         "state": "up",
-        "servers": node.members().into_iter().map(|m| m.peer_addr).collect::<Vec<_>>(),
+        "servers": (fed.shared.local_servers)(),
     });
     let mut list = vec![local];
     for link in fed.links() {

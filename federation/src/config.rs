@@ -26,6 +26,9 @@ pub struct FederationConfig {
     pub forward_timeout: Duration,
     /// How often each link is probed (hello, server list, RTT) while up.
     pub probe_interval: Duration,
+    /// The address other datacenters reach this server's QUIC endpoint at,
+    /// when it differs from the peer address (NAT, a WAN-facing address).
+    pub advertise_wan_addr: Option<String>,
 }
 
 impl Default for FederationConfig {
@@ -34,6 +37,7 @@ impl Default for FederationConfig {
             peers: BTreeMap::new(),
             forward_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
+            advertise_wan_addr: None,
         }
     }
 }

@@ -166,6 +166,9 @@ async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
         let first = wire::encode(&WanRequest::Http(head));
         w.send(&first).await.map_err(|e| e.to_string())?;
         metrics.frame(dc, true, first.len());
+        // The body follows the head at once (one round trip in all, not
+        // two); it streams on while the answer comes back.
+        let pump = tokio::spawn(pump_body(body, w, dc.to_string(), metrics.clone()));
         let accepted = r
             .next()
             .await
@@ -173,18 +176,16 @@ async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
             .ok_or("stream closed before the request was accepted")?;
         metrics.frame(dc, false, accepted.len());
         match wire::decode::<WanResponse>(&accepted)? {
-            WanResponse::Accepted => Ok((w, r)),
+            WanResponse::Accepted => Ok((r, pump)),
             WanResponse::Refused(why) => Err(format!("refused: {why}")),
             other => Err(format!("unexpected answer: {other:?}")),
         }
     };
-    let (w, mut r) = match tokio::time::timeout(timeout, reach).await {
+    let (mut r, pump) = match tokio::time::timeout(timeout, reach).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(cause)) => return unreachable(cause),
         Err(_) => return unreachable(format!("no answer within {} ms", timeout.as_millis())),
     };
-    // The request body streams to the other side while the answer comes back.
-    let pump = tokio::spawn(pump_body(body, w, dc.to_string(), metrics.clone()));
     let head = match r.next().await {
         Ok(Some(frame)) => {
             metrics.frame(dc, false, frame.len());
@@ -287,12 +288,7 @@ pub(crate) async fn serve(fed: Federation, mut r: FrameReader, mut w: FrameWrite
         WanRequest::Hello(_) => {
             let hello = wire::encode(&WanResponse::Hello(wire::Hello {
                 datacenter: fed.datacenter().to_string(),
-                servers: shared
-                    .node
-                    .members()
-                    .into_iter()
-                    .map(|m| m.peer_addr)
-                    .collect(),
+                servers: (shared.local_servers)(),
             }));
             if w.send(&hello).await.is_ok() {
                 shared.metrics.frame(&from, true, hello.len());

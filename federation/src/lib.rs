@@ -38,6 +38,8 @@ struct Shared {
     node: Node,
     config: FederationConfig,
     links: Arc<links::Links>,
+    /// This datacenter's WAN addresses, as hellos tell them.
+    local_servers: links::LocalServers,
     /// The node's own API, which forwarded requests run against.
     local: Router,
     metrics: metrics::FederationMetrics,
@@ -64,18 +66,12 @@ impl Federation {
                 .map(|dc| meridian_gateway::tls::datacenter_name(dc))
                 .collect(),
         );
-        let servers_node = node.clone();
+        let local_servers = wan_addresses(&node, config.advertise_wan_addr.clone());
         let links = links::Links::new(
             own,
             endpoint.clone(),
             &config,
-            Arc::new(move || {
-                servers_node
-                    .members()
-                    .into_iter()
-                    .map(|m| m.peer_addr)
-                    .collect()
-            }),
+            local_servers.clone(),
             metrics.clone(),
         );
         let federation = Federation {
@@ -83,6 +79,7 @@ impl Federation {
                 node,
                 config,
                 links,
+                local_servers,
                 local,
                 metrics,
             }),
@@ -126,4 +123,20 @@ impl Federation {
     pub fn stop(&self) {
         self.shared.links.stop();
     }
+}
+
+/// The WAN addresses of this datacenter's servers: each member's peer
+/// address, this server's own replaced by its advertised WAN address if set.
+fn wan_addresses(node: &Node, own_wan: Option<String>) -> links::LocalServers {
+    let node = node.clone();
+    Arc::new(move || {
+        let me = node.config().name.clone();
+        node.members()
+            .into_iter()
+            .map(|m| match &own_wan {
+                Some(wan) if m.name == me => wan.clone(),
+                _ => m.peer_addr,
+            })
+            .collect()
+    })
 }

@@ -44,6 +44,7 @@ struct FederationSection {
     peers: BTreeMap<String, Vec<String>>,
     forward_timeout_ms: u64,
     probe_interval_ms: u64,
+    advertise_wan_addr: Option<String>,
 }
 
 impl Default for FederationSection {
@@ -53,6 +54,7 @@ impl Default for FederationSection {
             peers: BTreeMap::new(),
             forward_timeout_ms: d.forward_timeout.as_millis() as u64,
             probe_interval_ms: d.probe_interval.as_millis() as u64,
+            advertise_wan_addr: None,
         }
     }
 }
@@ -219,6 +221,7 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
         peers: fed.peers.clone(),
         forward_timeout: Duration::from_millis(fed.forward_timeout_ms),
         probe_interval: Duration::from_millis(fed.probe_interval_ms),
+        advertise_wan_addr: fed.advertise_wan_addr.clone(),
     };
     if !f.initial_members.contains_key(&f.name) {
         return Err(bad(

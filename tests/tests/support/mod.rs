@@ -60,6 +60,19 @@ pub struct Cluster {
     pub servers: Vec<Server>,
 }
 
+/// How to start a test datacenter.
+pub struct Spec {
+    /// Its name.
+    pub datacenter: String,
+    /// (client TCP port, peer UDP port) of each server.
+    pub ports: Vec<(u16, u16)>,
+    pub tuning: RaftTuning,
+    /// A directory whose CA (ca.pem, ca-key.pem) this datacenter shares.
+    pub ca_from: Option<PathBuf>,
+    /// Configuration text appended for each server (e.g. a `[federation]` section).
+    pub extra: Vec<String>,
+}
+
 /// Extra `[raft]` settings for a test cluster.
 #[derive(Clone, Copy)]
 pub struct RaftTuning {
@@ -82,39 +95,62 @@ impl Cluster {
     }
 
     pub async fn start_with(size: usize, tuning: RaftTuning) -> Cluster {
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| free_ports()).collect();
+        Self::launch(Spec {
+            datacenter: "test".into(),
+            ports,
+            tuning,
+            ca_from: None,
+            extra: Vec::new(),
+        })
+        .await
+    }
+
+    /// Starts a datacenter as `spec` says and waits until it is ready.
+    pub async fn launch(spec: Spec) -> Cluster {
+        let size = spec.ports.len();
         let dir = tempfile::tempdir().expect("tempdir");
         let names: Vec<String> = (1..=size).map(|i| format!("n{i}")).collect();
+        let tls = dir.path().join("tls");
+        if let Some(ca_dir) = &spec.ca_from {
+            std::fs::create_dir_all(&tls).expect("tls dir");
+            for file in ["ca.pem", "ca-key.pem"] {
+                std::fs::copy(ca_dir.join(file), tls.join(file)).expect("copy the CA");
+            }
+        }
         let status = Command::new(binary())
-            .args(["tls", "init", "--datacenter", "test", "--dir"])
-            .arg(dir.path().join("tls"))
+            .args(["tls", "init", "--datacenter", &spec.datacenter, "--dir"])
+            .arg(&tls)
             .arg("--names")
             .arg(names.join(","))
             .stdout(Stdio::null())
             .status()
             .expect("tls init");
         assert!(status.success());
-        let ports: Vec<(u16, u16)> = names.iter().map(|_| free_ports()).collect();
+        let ports = &spec.ports;
         let members: String = names
             .iter()
-            .zip(&ports)
+            .zip(ports)
             .map(|(n, (c, p))| {
                 format!("{n} = {{ peer = \"127.0.0.1:{p}\", client = \"http://127.0.0.1:{c}\" }}\n")
             })
             .collect();
         let mut servers = Vec::new();
-        for (name, (client, peer)) in names.iter().zip(&ports) {
-            let tls = dir.path().join("tls");
+        for (i, (name, (client, peer))) in names.iter().zip(ports).enumerate() {
+            let tuning = spec.tuning;
             let config = format!(
-                "name = \"{name}\"\ndatacenter = \"test\"\ndata_dir = \"{data}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
+                "name = \"{name}\"\ndatacenter = \"{dc}\"\ndata_dir = \"{data}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
                  [initial_members]\n{members}\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
                  [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\nsnapshot_logs = {snap}\npurge_lag_logs = {lag}\nrpc_timeout_ms = 1000\n\
-                 [limits]\nrequest_timeout_ms = 4000\nvalue_bytes_max = 65536\n[lease]\nmin_ttl_seconds = 1\n[watch]\nprogress_notify_interval_ms = 300\n",
+                 [limits]\nrequest_timeout_ms = 4000\nvalue_bytes_max = 65536\n[lease]\nmin_ttl_seconds = 1\n[watch]\nprogress_notify_interval_ms = 300\n{extra}",
+                dc = spec.datacenter,
                 data = dir.path().join(name).display(),
                 ca = tls.join("ca.pem").display(),
                 cert = tls.join(format!("{name}.pem")).display(),
                 key = tls.join(format!("{name}-key.pem")).display(),
                 snap = tuning.snapshot_logs,
                 lag = tuning.purge_lag_logs,
+                extra = spec.extra.get(i).map(String::as_str).unwrap_or(""),
             );
             let config_path = dir.path().join(format!("{name}.toml"));
             std::fs::write(&config_path, config).expect("write config");
@@ -132,6 +168,11 @@ impl Cluster {
         }
         cluster.wait_ready_all().await;
         cluster
+    }
+
+    /// Where this datacenter's CA is (to share it with other datacenters).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
     }
 
     fn spawn(&mut self, i: usize) {
