@@ -31,7 +31,7 @@ enum LogFormat {
 enum Command {
     /// Run a server from a configuration file.
     Agent(cli::agent::Args),
-    /// Run a local datacenter of three servers on loopback.
+    /// Run a local federation on loopback: datacenters of three servers each.
     Dev(cli::dev::Args),
     /// TLS material for the peer transport.
     Tls(cli::tls::Args),
@@ -45,6 +45,8 @@ enum Command {
     Member(cli::member::Args),
     /// Status of the servers.
     Status(cli::client::Endpoints),
+    /// The federation: datacenters and their WAN links.
+    Federation(cli::federation::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -79,6 +81,7 @@ fn main() {
             Command::Elect(a) => cli::coord::elect(a).await,
             Command::Member(a) => cli::member::run(a).await,
             Command::Status(a) => cli::member::status(a).await,
+            Command::Federation(a) => cli::federation::run(a).await,
         }
     });
     if let Err(e) = result {

@@ -230,8 +230,23 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     );
 }
 
-/// Starts `meridian dev` on free ports; returns the child and the client URLs.
+/// Starts `meridian dev` on free ports; returns the child and dc1's client URLs.
 fn start_dev() -> (KillOnDrop, Vec<String>) {
+    let (child, lines) = start_dev_lines(3);
+    let urls = lines
+        .iter()
+        .map(|line| {
+            line.split("client=")
+                .nth(1)
+                .expect("client url")
+                .to_string()
+        })
+        .collect();
+    (child, urls)
+}
+
+/// Starts `meridian dev` on free ports; returns the child and its first `n` lines.
+fn start_dev_lines(n: usize) -> (KillOnDrop, Vec<String>) {
     let base = free_base_port();
     let mut child = KillOnDrop(
         meridian()
@@ -244,18 +259,74 @@ fn start_dev() -> (KillOnDrop, Vec<String>) {
     );
     let stdout = child.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let urls = (0..3)
-        .map(|_| {
-            let line = lines.next().expect("a server line").expect("utf-8");
-            line.split("client=")
-                .nth(1)
-                .expect("client url")
-                .to_string()
-        })
+    let first = (0..n)
+        .map(|_| lines.next().expect("a line").expect("utf-8"))
         .collect();
     // Keep reading what dev prints, as a terminal would.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, urls)
+    (child, first)
+}
+
+#[test]
+fn dev_runs_two_datacenters_and_the_cli_reaches_either() {
+    let (_dev, lines) = start_dev_lines(6);
+    let dcs: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(' ').next().expect("dc=..."))
+        .collect();
+    assert_eq!(
+        dcs,
+        ["dc=dc1", "dc=dc1", "dc=dc1", "dc=dc2", "dc=dc2", "dc=dc2"]
+    );
+    let url = |i: usize| lines[i].split("client=").nth(1).expect("url").to_string();
+    let (dc1, dc2) = (url(0), url(3));
+    let run = |args: &[&str]| {
+        let out = meridian().args(args).output().expect("run meridian");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The link comes up within a few probe intervals.
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = run(&["federation", "status", "--endpoints", &dc1]).1;
+        if status.contains("dc2 up") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(status.starts_with("dc1 local servers="), "{status}");
+    assert!(status.contains("dc2 up since="), "{status}");
+    // A put sent to dc1 with --dc dc2 lands in dc2 only.
+    let (ok, out, err) = run(&[
+        "kv",
+        "put",
+        "where",
+        "dc2",
+        "--dc",
+        "dc2",
+        "--endpoints",
+        &dc1,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "OK\n");
+    assert_eq!(
+        run(&["kv", "get", "where", "--endpoints", &dc2]).1,
+        "where\ndc2\n"
+    );
+    assert_eq!(run(&["kv", "get", "where", "--endpoints", &dc1]).1, "");
+    assert_eq!(
+        run(&["kv", "get", "where", "--dc", "dc2", "--endpoints", &dc1]).1,
+        "where\ndc2\n"
+    );
+    let (ok, _, err) = run(&["kv", "get", "where", "--dc", "mars", "--endpoints", &dc1]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown datacenter \"mars\"") && err.contains("HTTP 404"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -13,12 +13,49 @@ pub struct Endpoints {
     /// Client URLs of servers, comma-separated.
     #[arg(long, global = true, value_delimiter = ',', default_value = DEFAULT_ENDPOINTS, env = "MERIDIAN_ENDPOINTS")]
     pub endpoints: Vec<String>,
+    /// Run the request in this datacenter (forwarded over the WAN link by
+    /// the server that receives it).
+    #[arg(long, global = true, env = "MERIDIAN_DATACENTER")]
+    pub dc: Option<String>,
 }
 
 impl Endpoints {
+    /// An HTTP client that names the datacenter asked for with `--dc`.
+    pub fn client(&self) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(dc) = &self.dc {
+            let value = reqwest::header::HeaderValue::from_str(dc)
+                .map_err(|_| anyhow!("--dc {dc:?} is not a datacenter name"))?;
+            headers.insert("meridian-datacenter", value);
+        }
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| anyhow!("HTTP client: {e}"))
+    }
+
+    /// GETs JSON from the first endpoint that answers.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let client = self.client()?;
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            let url = format!("{}{}", endpoint.trim_end_matches('/'), path);
+            match client.get(&url).send().await {
+                Ok(resp) => {
+                    return resp
+                        .json()
+                        .await
+                        .map_err(|e| anyhow!("{url}: unreadable answer: {e}"))
+                }
+                Err(e) => last = Some(anyhow!("{url}: {e}")),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no endpoints given")))
+    }
+
     /// POSTs JSON to the first endpoint that answers; an API error becomes a one-line error.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let client = reqwest::Client::new();
+        let client = self.client()?;
         let mut last = None;
         for endpoint in &self.endpoints {
             let url = format!("{}{}", endpoint.trim_end_matches('/'), path);

@@ -203,7 +203,7 @@ pub async fn elect(args: ElectArgs) -> Result<()> {
 
 /// Prints the leader's value now and at every change (one line each).
 async fn listen(ep: &Endpoints, name: &str) -> Result<()> {
-    let client = reqwest::Client::new();
+    let client = ep.client()?;
     let mut last_error = String::new();
     for endpoint in &ep.endpoints {
         let url = format!("{}/v3/election/observe", endpoint.trim_end_matches('/'));

@@ -119,7 +119,7 @@ async fn watch(ep: &Endpoints, key: String, prefix: bool, rev: Option<i64>) -> R
     }
     // The next revision to print; 0 until the first watch says where it starts.
     let mut next = rev.unwrap_or(0);
-    let client = reqwest::Client::new();
+    let client = ep.client()?;
     let mut failures = 0;
     let mut last_error = String::new();
     while failures < WATCH_ROUNDS_MAX * ep.endpoints.len().max(1) {

@@ -73,6 +73,7 @@ pub async fn status(endpoints: Endpoints) -> Result<()> {
     for endpoint in &endpoints.endpoints {
         let one = Endpoints {
             endpoints: vec![endpoint.clone()],
+            dc: endpoints.dc.clone(),
         };
         match one.post("/v3/maintenance/status", &json!({})).await {
             Ok(v) => {

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod client;
 pub mod coord;
 pub mod dev;
+pub mod federation;
 pub mod kv;
 pub mod member;
 pub mod tls;
