@@ -355,3 +355,51 @@ async fn forwarding_works_over_50_ms_rtt_with_1_percent_loss() {
         forwarded[49], forwarded[89], forwarded[99], local[49], link["rtt_ms"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datacenter_missing_from_the_configuration_is_refused() {
+    let p = start_pair().await;
+    let u1 = p.dc1.url(0).to_string();
+    wait_link(&u1, "dc2", "up").await;
+    // dc3 shares the CA and lists dc1 as a peer, but dc1 does not list dc3.
+    let p3 = free_ports();
+    let dc3 = Cluster::launch(Spec {
+        datacenter: "dc3".into(),
+        ports: vec![p3],
+        tuning: RaftTuning::default(),
+        ca_from: Some(p.dc1.tls_dir()),
+        extra: vec![format!(
+            "[federation]\nforward_timeout_ms = {FORWARD_TIMEOUT_MS}\nprobe_interval_ms = 200\n\
+             [federation.peers]\ndc1 = [\"{}\"]\n",
+            p.to_dc1.addr()
+        )],
+    })
+    .await;
+    let u3 = dc3.url(0).to_string();
+    // The link never comes up, and a forwarded request is refused in time.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let v = get_json(&format!("{u3}/v1/datacenters")).await.unwrap();
+    let link = &v["datacenters"][1];
+    assert_eq!(
+        (&link["name"], &link["state"]),
+        (&json!("dc1"), &json!("down")),
+        "{v}"
+    );
+    let (s, v, _) = post_with(
+        &format!("{u3}/v3/kv/range?dc=dc1"),
+        &json!({"key": b64(b"k")}),
+        None,
+    )
+    .await;
+    assert_eq!((s, &v["code"]), (503, &json!(14)), "{v}");
+    // dc1 does not know dc3 either: 404.
+    let (s, _, _) = post_with(
+        &format!("{u1}/v3/kv/range?dc=dc3"),
+        &json!({"key": b64(b"k")}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    // dc1's own link to dc2 is unaffected.
+    wait_link(&u1, "dc2", "up").await;
+}
