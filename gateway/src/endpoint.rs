@@ -2,7 +2,7 @@
 //! registered handlers; sends requests over cached connections, reconnecting
 //! after a failure.
 
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{read_frame, read_frame_or_end, write_frame};
 use crate::tls::TlsMaterial;
 use crate::GatewayError;
 use std::collections::HashMap;
@@ -170,16 +170,7 @@ impl Endpoint {
                 }
             }
         };
-        match tokio::time::timeout(timeout, open).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.forget(addr, alpn);
-                Err(GatewayError::Timeout {
-                    addr,
-                    timeout_ms: timeout.as_millis() as u64,
-                })
-            }
-        }
+        self.within(addr, alpn, timeout, open).await
     }
 
     /// Sends one request and waits for its response, within `timeout`.
@@ -201,7 +192,19 @@ impl Endpoint {
                 other => other,
             }
         };
-        match tokio::time::timeout(timeout, attempt).await {
+        self.within(addr, alpn, timeout, attempt).await
+    }
+
+    /// Runs `work` against `addr` within `timeout`; on timeout the cached
+    /// connection is dropped, as it may be the reason.
+    async fn within<T>(
+        &self,
+        addr: SocketAddr,
+        alpn: &[u8],
+        timeout: Duration,
+        work: impl Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => {
                 self.forget(addr, alpn);
@@ -345,29 +348,9 @@ pub struct FrameReader {
 impl FrameReader {
     /// The next frame, `Ok(None)` once the peer finished the stream.
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, GatewayError> {
-        let transport = |reason: String| GatewayError::Transport {
-            addr: self.addr,
-            reason,
-        };
-        let mut len = [0u8; 4];
-        match self.recv.read_exact(&mut len).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(e) => return Err(transport(e.to_string())),
-        }
-        let len = u32::from_be_bytes(len) as usize;
-        if len > crate::FRAME_BYTES_MAX {
-            return Err(GatewayError::FrameTooLarge {
-                bytes: len,
-                limit: crate::FRAME_BYTES_MAX,
-            });
-        }
-        let mut buf = vec![0u8; len];
-        self.recv
-            .read_exact(&mut buf)
+        read_frame_or_end(&mut self.recv)
             .await
-            .map_err(|e| transport(e.to_string()))?;
-        Ok(Some(buf))
+            .map_err(|e| e.into_gateway(self.addr))
     }
 
     /// Tells the peer to stop sending (the stream is no longer wanted).

@@ -28,15 +28,43 @@ pub(crate) async fn write_frame<W: AsyncWriteExt + Unpin>(
 pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(
     reader: &mut R,
 ) -> Result<Vec<u8>, FrameError> {
+    read_frame_or_end(reader).await?.ok_or_else(|| {
+        FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "stream ended before a frame",
+        ))
+    })
+}
+
+/// Reads one frame, or `None` if the stream ended cleanly before it began.
+pub(crate) async fn read_frame_or_end<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
-    reader.read_exact(&mut len).await.map_err(FrameError::Io)?;
+    let mut filled = 0;
+    while filled < len.len() {
+        match reader
+            .read(&mut len[filled..])
+            .await
+            .map_err(FrameError::Io)?
+        {
+            0 if filled == 0 => return Ok(None),
+            0 => {
+                return Err(FrameError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stream ended inside a frame length",
+                )))
+            }
+            n => filled += n,
+        }
+    }
     let len = u32::from_be_bytes(len) as usize;
     if len > FRAME_BYTES_MAX {
         return Err(FrameError::TooLarge(len));
     }
     let mut buf = vec![0u8; len];
     reader.read_exact(&mut buf).await.map_err(FrameError::Io)?;
-    Ok(buf)
+    Ok(Some(buf))
 }
 
 /// Why a frame could not be read.
@@ -78,6 +106,9 @@ mod tests {
             read_frame(&mut rd).await,
             Err(FrameError::TooLarge(_))
         ));
+
+        let mut rd: &[u8] = &[];
+        assert!(read_frame_or_end(&mut rd).await.unwrap().is_none());
 
         let truncated = [0u8, 0, 0, 9, 1, 2];
         let mut rd = &truncated[..];
