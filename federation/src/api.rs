@@ -17,7 +17,7 @@ async fn datacenters(State(fed): State<Federation>) -> Json<Value> {
         "name": fed.datacenter(),
         "local": true,
         "state": "up",
-        "servers": (fed.shared.local_servers)(),
+        "servers": fed.shared.links.local_servers(),
     });
     let mut list = vec![local];
     for link in fed.links() {

@@ -6,9 +6,14 @@ use std::time::Duration;
 /// Why the federation could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
-    /// The configuration is inconsistent.
-    #[error("federation: {0}")]
-    Config(String),
+    /// A setting is invalid; `key` is its name inside `[federation]`.
+    #[error("federation.{key}: {reason}")]
+    Invalid {
+        /// The setting, e.g. `peers.eu-west`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The metrics could not be registered.
     #[error("federation metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -45,26 +50,35 @@ impl Default for FederationConfig {
 impl FederationConfig {
     /// Checks the settings against this server's own datacenter name.
     pub fn validate(&self, own: &str) -> Result<(), FederationError> {
+        let invalid = |key: String, reason: &str| FederationError::Invalid {
+            key,
+            reason: reason.to_string(),
+        };
         for (dc, seeds) in &self.peers {
+            let key = format!("peers.{dc}");
             if !meridian_gateway::tls::valid_datacenter(dc) {
-                return Err(FederationError::Config(format!(
-                    "peers: invalid datacenter name {dc:?}"
-                )));
+                return Err(invalid(
+                    key,
+                    "datacenter names are 1 to 63 letters, digits or '-'",
+                ));
             }
             if dc == own {
-                return Err(FederationError::Config(format!(
-                    "peers: {dc:?} is this server's own datacenter"
-                )));
+                return Err(invalid(key, "this is the server's own datacenter"));
             }
-            if seeds.is_empty() {
-                return Err(FederationError::Config(format!(
-                    "peers.{dc}: at least one seed address is needed"
-                )));
+            if seeds.is_empty() || seeds.iter().any(|s| !s.contains(':')) {
+                return Err(invalid(key, "needs one or more seed addresses host:port"));
             }
         }
-        if self.forward_timeout.is_zero() || self.probe_interval.is_zero() {
-            return Err(FederationError::Config(
-                "forward_timeout_ms and probe_interval_ms must be positive".into(),
+        if self.forward_timeout.is_zero() {
+            return Err(invalid(
+                "forward_timeout_ms".into(),
+                "must be greater than zero",
+            ));
+        }
+        if self.probe_interval.is_zero() {
+            return Err(invalid(
+                "probe_interval_ms".into(),
+                "must be greater than zero",
             ));
         }
         Ok(())

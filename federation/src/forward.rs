@@ -6,6 +6,7 @@
 //! keep-alives and lock waits work across datacenters. Every answer names
 //! the datacenter that served it in the `Meridian-Datacenter` header.
 
+use crate::metrics::FederationMetrics;
 use crate::wire::{self, HttpHead, ResponseHead, WanRequest, WanResponse};
 use crate::{Federation, DATACENTER_HEADER};
 use axum::body::Body;
@@ -164,37 +165,35 @@ async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
             other => other.to_string(),
         })?;
         let first = wire::encode(&WanRequest::Http(head));
-        w.send(&first).await.map_err(|e| e.to_string())?;
-        metrics.frame(dc, true, first.len());
+        metrics
+            .send(dc, &mut w, &first)
+            .await
+            .map_err(|e| e.to_string())?;
         // The body follows the head at once (one round trip in all, not
         // two); it streams on while the answer comes back.
-        let pump = tokio::spawn(pump_body(body, w, dc.to_string(), metrics.clone()));
-        let accepted = r
-            .next()
+        tokio::spawn(send_body(body, w, dc.to_string(), metrics.clone()));
+        let accepted = metrics
+            .next(dc, &mut r)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("stream closed before the request was accepted")?;
-        metrics.frame(dc, false, accepted.len());
         match wire::decode::<WanResponse>(&accepted)? {
-            WanResponse::Accepted => Ok((r, pump)),
+            WanResponse::Accepted => Ok(r),
             WanResponse::Refused(why) => Err(format!("refused: {why}")),
             other => Err(format!("unexpected answer: {other:?}")),
         }
     };
-    let (mut r, pump) = match tokio::time::timeout(timeout, reach).await {
-        Ok(Ok(streams)) => streams,
+    let mut r = match tokio::time::timeout(timeout, reach).await {
+        Ok(Ok(r)) => r,
         Ok(Err(cause)) => return unreachable(cause),
         Err(_) => return unreachable(format!("no answer within {} ms", timeout.as_millis())),
     };
-    let head = match r.next().await {
-        Ok(Some(frame)) => {
-            metrics.frame(dc, false, frame.len());
-            match wire::decode::<WanResponse>(&frame) {
-                Ok(WanResponse::Http(head)) => head,
-                Ok(other) => return unreachable(format!("unexpected answer: {other:?}")),
-                Err(e) => return unreachable(e),
-            }
-        }
+    let head = match metrics.next(dc, &mut r).await {
+        Ok(Some(frame)) => match wire::decode::<WanResponse>(&frame) {
+            Ok(WanResponse::Http(head)) => head,
+            Ok(other) => return unreachable(format!("unexpected answer: {other:?}")),
+            Err(e) => return unreachable(e),
+        },
         Ok(None) => return unreachable("the stream ended before the answer".into()),
         Err(e) => return unreachable(e.to_string()),
     };
@@ -203,23 +202,8 @@ async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
         .forward_duration
         .with_label_values(&[dc])
         .observe(start.elapsed().as_secs_f64());
-    let dc_owned = dc.to_string();
-    let counting = metrics.clone();
-    let body = futures::stream::unfold((r, pump), move |(mut r, pump)| {
-        let dc = dc_owned.clone();
-        let metrics = counting.clone();
-        async move {
-            match r.next().await {
-                Ok(Some(frame)) => {
-                    metrics.frame(&dc, false, frame.len());
-                    Some((Ok::<Bytes, std::io::Error>(Bytes::from(frame)), (r, pump)))
-                }
-                Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), (r, pump))),
-            }
-        }
-    });
-    let mut response = Response::new(Body::from_stream(body));
+    let body = frames_body(r, dc.to_string(), metrics.clone());
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (name, value) in head.headers {
         if let (Ok(name), Ok(value)) = (
@@ -235,25 +219,41 @@ async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
     response
 }
 
-/// Sends a request body as frames, then ends the stream.
-async fn pump_body(
-    body: Body,
-    mut w: FrameWriter,
-    dc: String,
-    metrics: crate::metrics::FederationMetrics,
-) {
+/// Sends a body as frames, then ends the stream; stops early when the other
+/// side stops reading (a caller that went away stops the producer).
+async fn send_body(body: Body, mut w: FrameWriter, dc: String, metrics: FederationMetrics) {
     let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let Ok(chunk) = chunk else { return };
-        if chunk.is_empty() {
-            continue;
+    loop {
+        let chunk = tokio::select! {
+            chunk = chunks.next() => chunk,
+            _ = w.stopped() => return,
+        };
+        match chunk {
+            Some(Ok(chunk)) if chunk.is_empty() => continue,
+            Some(Ok(chunk)) => {
+                if metrics.send(&dc, &mut w, &chunk).await.is_err() {
+                    return;
+                }
+            }
+            _ => break,
         }
-        if w.send(&chunk).await.is_err() {
-            return;
-        }
-        metrics.frame(&dc, true, chunk.len());
     }
     w.finish();
+}
+
+/// A body made of the frames still to come on `r`.
+fn frames_body(r: FrameReader, dc: String, metrics: FederationMetrics) -> Body {
+    Body::from_stream(futures::stream::unfold(r, move |mut r| {
+        let dc = dc.clone();
+        let metrics = metrics.clone();
+        async move {
+            match metrics.next(&dc, &mut r).await {
+                Ok(Some(frame)) => Some((Ok::<Bytes, std::io::Error>(Bytes::from(frame)), r)),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), r)),
+            }
+        }
+    }))
 }
 
 /// Serves one WAN stream from another datacenter.
@@ -261,6 +261,7 @@ pub(crate) async fn serve(fed: Federation, mut r: FrameReader, mut w: FrameWrite
     let Ok(Some(first)) = r.next().await else {
         return;
     };
+    // Counted once the sender is known to be a peer.
     let shared = &fed.shared;
     let request = match wire::decode::<WanRequest>(&first) {
         Ok(request) => request,
@@ -283,16 +284,14 @@ pub(crate) async fn serve(fed: Federation, mut r: FrameReader, mut w: FrameWrite
         w.finish();
         return;
     }
-    shared.metrics.frame(&from, false, first.len());
+    shared.metrics.received(&from, first.len());
     match request {
         WanRequest::Hello(_) => {
             let hello = wire::encode(&WanResponse::Hello(wire::Hello {
                 datacenter: fed.datacenter().to_string(),
-                servers: (shared.local_servers)(),
+                servers: shared.links.local_servers(),
             }));
-            if w.send(&hello).await.is_ok() {
-                shared.metrics.frame(&from, true, hello.len());
-            }
+            let _ = shared.metrics.send(&from, &mut w, &hello).await;
             w.finish();
             w.stopped().await;
         }
@@ -309,33 +308,17 @@ async fn serve_http(
 ) {
     let metrics = fed.shared.metrics.clone();
     let accepted = wire::encode(&WanResponse::Accepted);
-    if w.send(&accepted).await.is_err() {
+    if metrics.send(from, &mut w, &accepted).await.is_err() {
         return;
     }
-    metrics.frame(from, true, accepted.len());
-    let from_owned = from.to_string();
-    let counting = metrics.clone();
-    let body = futures::stream::unfold(r, move |mut r| {
-        let from = from_owned.clone();
-        let metrics = counting.clone();
-        async move {
-            match r.next().await {
-                Ok(Some(frame)) => {
-                    metrics.frame(&from, false, frame.len());
-                    Some((Ok::<Bytes, std::io::Error>(Bytes::from(frame)), r))
-                }
-                Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), r)),
-            }
-        }
-    });
+    let body = frames_body(r, from.to_string(), metrics.clone());
     let mut builder = Request::builder()
         .method(head.method.as_str())
         .uri(head.uri.as_str());
     for (name, value) in &head.headers {
         builder = builder.header(name.as_str(), value.as_slice());
     }
-    let response = match builder.body(Body::from_stream(body)) {
+    let response = match builder.body(body) {
         Ok(request) => match fed.shared.local.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -356,27 +339,8 @@ async fn serve_http(
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect(),
     }));
-    if w.send(&head).await.is_err() {
+    if metrics.send(from, &mut w, &head).await.is_err() {
         return;
     }
-    metrics.frame(from, true, head.len());
-    let mut chunks = body.into_data_stream();
-    loop {
-        // A caller that goes away stops the stream: stop producing the body.
-        let chunk = tokio::select! {
-            chunk = chunks.next() => chunk,
-            _ = w.stopped() => return,
-        };
-        match chunk {
-            Some(Ok(chunk)) if chunk.is_empty() => continue,
-            Some(Ok(chunk)) => {
-                if w.send(&chunk).await.is_err() {
-                    return;
-                }
-                metrics.frame(from, true, chunk.len());
-            }
-            _ => break,
-        }
-    }
-    w.finish();
+    send_body(body, w, from.to_string(), metrics).await;
 }

@@ -38,8 +38,6 @@ struct Shared {
     node: Node,
     config: FederationConfig,
     links: Arc<links::Links>,
-    /// This datacenter's WAN addresses, as hellos tell them.
-    local_servers: links::LocalServers,
     /// The node's own API, which forwarded requests run against.
     local: Router,
     metrics: metrics::FederationMetrics,
@@ -66,12 +64,11 @@ impl Federation {
                 .map(|dc| meridian_gateway::tls::datacenter_name(dc))
                 .collect(),
         );
-        let local_servers = wan_addresses(&node, config.advertise_wan_addr.clone());
         let links = links::Links::new(
             own,
             endpoint.clone(),
             &config,
-            local_servers.clone(),
+            wan_addresses(&node, config.advertise_wan_addr.clone()),
             metrics.clone(),
         );
         let federation = Federation {
@@ -79,7 +76,6 @@ impl Federation {
                 node,
                 config,
                 links,
-                local_servers,
                 local,
                 metrics,
             }),

@@ -132,6 +132,11 @@ impl Links {
         self.stop.send_replace(true);
     }
 
+    /// This datacenter's WAN addresses, as hellos tell them.
+    pub fn local_servers(&self) -> Vec<String> {
+        (self.local_servers)()
+    }
+
     /// The names of the remote datacenters.
     pub fn names(&self) -> Vec<String> {
         self.links.keys().cloned().collect()
@@ -240,18 +245,20 @@ impl Links {
         let (mut w, mut r, addr) = self.open(dc, self.connect_timeout).await?;
         let hello = wire::encode(&WanRequest::Hello(Hello {
             datacenter: self.own.clone(),
-            servers: (self.local_servers)(),
+            servers: self.local_servers(),
         }));
         let exchange = async {
-            w.send(&hello).await.map_err(|e| e.to_string())?;
-            self.metrics.frame(dc, true, hello.len());
+            self.metrics
+                .send(dc, &mut w, &hello)
+                .await
+                .map_err(|e| e.to_string())?;
             w.finish();
-            let frame = r
-                .next()
+            let frame = self
+                .metrics
+                .next(dc, &mut r)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or("stream closed before the hello answer")?;
-            self.metrics.frame(dc, false, frame.len());
             match wire::decode::<WanResponse>(&frame)? {
                 WanResponse::Hello(h) if h.datacenter == dc => Ok(h.servers),
                 WanResponse::Hello(h) => Err(format!(

@@ -78,8 +78,38 @@ impl FederationMetrics {
         Ok(m)
     }
 
+    /// Sends one frame to (or for) `dc`, counting it once sent.
+    pub async fn send(
+        &self,
+        dc: &str,
+        w: &mut meridian_gateway::FrameWriter,
+        frame: &[u8],
+    ) -> Result<(), meridian_gateway::GatewayError> {
+        w.send(frame).await?;
+        self.frame(dc, true, frame.len());
+        Ok(())
+    }
+
+    /// Receives the next frame from (or for) `dc`, counting it.
+    pub async fn next(
+        &self,
+        dc: &str,
+        r: &mut meridian_gateway::FrameReader,
+    ) -> Result<Option<Vec<u8>>, meridian_gateway::GatewayError> {
+        let frame = r.next().await?;
+        if let Some(frame) = &frame {
+            self.frame(dc, false, frame.len());
+        }
+        Ok(frame)
+    }
+
+    /// Counts a frame received before it could be attributed (the first of a stream).
+    pub fn received(&self, dc: &str, bytes: usize) {
+        self.frame(dc, false, bytes);
+    }
+
     /// Counts one frame.
-    pub fn frame(&self, dc: &str, sent: bool, bytes: usize) {
+    fn frame(&self, dc: &str, sent: bool, bytes: usize) {
         let direction = if sent { "sent" } else { "received" };
         self.messages.with_label_values(&[dc, direction]).inc();
         self.bytes

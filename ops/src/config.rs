@@ -196,33 +196,18 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
         ));
     }
     let fed = &f.federation;
-    for (dc, seeds) in &fed.peers {
-        let key = format!("federation.peers.{dc}");
-        if !meridian_gateway::tls::valid_datacenter(dc) {
-            return Err(bad(
-                &key,
-                "datacenter names are 1 to 63 letters, digits or '-'",
-            ));
-        }
-        if *dc == f.datacenter {
-            return Err(bad(&key, "this is the server's own datacenter"));
-        }
-        if seeds.is_empty() || seeds.iter().any(|s| !s.contains(':')) {
-            return Err(bad(&key, "needs one or more seed addresses host:port"));
-        }
-    }
-    if fed.forward_timeout_ms == 0 || fed.probe_interval_ms == 0 {
-        return Err(bad(
-            "federation",
-            "forward_timeout_ms and probe_interval_ms must be greater than zero",
-        ));
-    }
     let federation = FederationConfig {
         peers: fed.peers.clone(),
         forward_timeout: Duration::from_millis(fed.forward_timeout_ms),
         probe_interval: Duration::from_millis(fed.probe_interval_ms),
         advertise_wan_addr: fed.advertise_wan_addr.clone(),
     };
+    federation.validate(&f.datacenter).map_err(|e| match e {
+        meridian_federation::FederationError::Invalid { key, reason } => {
+            bad(&format!("federation.{key}"), &reason)
+        }
+        other => anyhow::anyhow!(other),
+    })?;
     if !f.initial_members.contains_key(&f.name) {
         return Err(bad(
             "initial_members",
