@@ -23,8 +23,9 @@ struct Window {
     bytes: usize,
 }
 
+/// Memory an event takes in the window: its payload plus bookkeeping.
 fn size(e: &Event) -> usize {
-    64 + e.kv.key.len() + e.kv.value.len() + e.prev_kv.as_ref().map_or(0, |p| p.value.len())
+    64 + e.payload_bytes()
 }
 
 impl Recent {
@@ -107,7 +108,7 @@ impl Recent {
                 return Some((out, last));
             }
             last = rev;
-            bytes += size(e);
+            bytes += e.payload_bytes();
             out.push(e.clone());
         }
         Some((out, w.last))

@@ -174,9 +174,7 @@ impl KvStore {
             }
             last = main;
             let event = self.event_at(txn, key, main, sub)?;
-            bytes += event.kv.key.len()
-                + event.kv.value.len()
-                + event.prev_kv.as_ref().map_or(0, |p| p.value.len());
+            bytes += event.payload_bytes();
             events.push(event);
         }
         // Revisions with no change rows left (compacted history) count as read.

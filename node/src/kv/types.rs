@@ -41,6 +41,13 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
+impl Event {
+    /// Bytes of keys and values it carries: what response-size budgets count.
+    pub fn payload_bytes(&self) -> usize {
+        self.kv.key.len() + self.kv.value.len() + self.prev_kv.as_ref().map_or(0, |p| p.value.len())
+    }
+}
+
 /// Sort order of a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum SortOrder {
