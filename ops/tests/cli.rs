@@ -31,29 +31,11 @@ fn free_base_port() -> u16 {
 
 #[test]
 fn dev_runs_a_datacenter_that_answers_put_and_get() {
-    let base = free_base_port();
-    let mut child = KillOnDrop(
-        meridian()
-            .args(["dev", "--base-port", &base.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn dev"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut urls = Vec::new();
-    for _ in 0..3 {
-        let line = lines.next().expect("a server line").expect("utf-8");
+    let (_child, lines) = start_dev_lines(3);
+    for line in &lines {
         assert!(line.starts_with("dc=dc1 name=n"), "{line}");
-        urls.push(
-            line.split("client=")
-                .nth(1)
-                .expect("client url")
-                .to_string(),
-        );
     }
+    let urls: Vec<String> = lines.iter().map(|l| client_url(l)).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::new();
@@ -233,16 +215,15 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
 /// Starts `meridian dev` on free ports; returns the child and dc1's client URLs.
 fn start_dev() -> (KillOnDrop, Vec<String>) {
     let (child, lines) = start_dev_lines(3);
-    let urls = lines
-        .iter()
-        .map(|line| {
-            line.split("client=")
-                .nth(1)
-                .expect("client url")
-                .to_string()
-        })
-        .collect();
-    (child, urls)
+    (child, lines.iter().map(|l| client_url(l)).collect())
+}
+
+/// The client URL of one of dev's `dc=... name=... client=URL` lines.
+fn client_url(line: &str) -> String {
+    line.split("client=")
+        .nth(1)
+        .expect("client url")
+        .to_string()
 }
 
 /// Starts `meridian dev` on free ports; returns the child and its first `n` lines.
@@ -278,8 +259,7 @@ fn dev_runs_two_datacenters_and_the_cli_reaches_either() {
         dcs,
         ["dc=dc1", "dc=dc1", "dc=dc1", "dc=dc2", "dc=dc2", "dc=dc2"]
     );
-    let url = |i: usize| lines[i].split("client=").nth(1).expect("url").to_string();
-    let (dc1, dc2) = (url(0), url(3));
+    let (dc1, dc2) = (client_url(&lines[0]), client_url(&lines[3]));
     let run = |args: &[&str]| {
         let out = meridian().args(args).output().expect("run meridian");
         (

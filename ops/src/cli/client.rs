@@ -34,32 +34,28 @@ impl Endpoints {
             .map_err(|e| anyhow!("HTTP client: {e}"))
     }
 
-    /// GETs JSON from the first endpoint that answers.
+    /// GETs JSON from the first endpoint that answers; an API error becomes a one-line error.
     pub async fn get(&self, path: &str) -> Result<Value> {
-        let client = self.client()?;
-        let mut last = None;
-        for endpoint in &self.endpoints {
-            let url = format!("{}{}", endpoint.trim_end_matches('/'), path);
-            match client.get(&url).send().await {
-                Ok(resp) => {
-                    return resp
-                        .json()
-                        .await
-                        .map_err(|e| anyhow!("{url}: unreadable answer: {e}"))
-                }
-                Err(e) => last = Some(anyhow!("{url}: {e}")),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no endpoints given")))
+        self.first_answer(path, |client, url| client.get(url)).await
     }
 
     /// POSTs JSON to the first endpoint that answers; an API error becomes a one-line error.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.first_answer(path, |client, url| client.post(url).json(body))
+            .await
+    }
+
+    /// Sends the request `build` makes to each endpoint in turn until one answers.
+    async fn first_answer(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Value> {
         let client = self.client()?;
         let mut last = None;
         for endpoint in &self.endpoints {
             let url = format!("{}{}", endpoint.trim_end_matches('/'), path);
-            match client.post(&url).json(body).send().await {
+            match build(&client, &url).send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     let value: Value = resp
