@@ -119,18 +119,7 @@ async fn a_server_down_while_the_log_was_purged_catches_up_by_snapshot() {
     }
     c.restart(lagging).await;
     // Serializable reads on the lagging server read its own state.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if get(c.url(lagging), "s/299", true).await.unwrap().is_some() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lagging server did not catch up; log:\n{}",
-            c.log(lagging)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    c.wait_applied(lagging, "s/299").await;
     for i in 0..300 {
         assert!(
             get(c.url(lagging), &format!("s/{i}"), true)

@@ -45,11 +45,9 @@ async fn keep_alive(base: &str, id: i64) -> Option<i64> {
 }
 
 async fn mod_revisions(base: &str, prefix: &str) -> Vec<i64> {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().unwrap() += 1;
     let (_, v) = post(
         &format!("{base}/v3/kv/range"),
-        &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&end)}),
+        &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
     )
     .await
     .unwrap();
@@ -208,11 +206,7 @@ async fn lease_state_survives_a_snapshot_install_and_a_restart_of_every_server()
         }
     }
     c.restart(lagging).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(c.url(lagging), "s/299", true).await.unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the lagging server catches up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_applied(lagging, "s/299").await;
     assert!(c.log(lagging).contains("snapshot installed"));
     assert_eq!(keep_alive(c.url(leader), 7).await, Some(3));
     assert_eq!(time_to_live(c.url(lagging), 7).await, want);

@@ -274,38 +274,6 @@ async fn a_killed_leader_is_replaced_after_its_ttl_and_observers_see_each_change
     keeper_b.abort();
 }
 
-fn prefix_end(p: &str) -> Vec<u8> {
-    let mut end = p.as_bytes().to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    end
-}
-
-/// The value of a metric on a server's /metrics page.
-async fn metric(base: &str, name: &str) -> f64 {
-    let page = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
-}
-
-/// Waits (at most 10 s) until metric `name` equals `want`.
-async fn expect_metric(base: &str, name: &str, want: f64) {
-    let mut got = f64::NAN;
-    for _ in 0..100 {
-        got = metric(base, name).await;
-        if got == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} is {got}, expected {want}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordination_metrics_count_watchers_leases_and_waiters() {
     let c = Cluster::start(1).await;

@@ -19,23 +19,26 @@ impl Stream {
     async fn open(base: &str, key: &str, prefix: bool, start: i64) -> Stream {
         let mut create = json!({"key": b64(key.as_bytes()), "start_revision": start.to_string()});
         if prefix {
-            let mut end = key.as_bytes().to_vec();
-            *end.last_mut().expect("non-empty key") += 1;
-            create["range_end"] = json!(b64(&end));
+            create["range_end"] = json!(b64(&prefix_end(key)));
         }
-        let response = reqwest::Client::new()
-            .post(format!("{base}/v3/watch"))
-            .body(json!({ "create_request": create }).to_string())
-            .send()
-            .await
-            .expect("watch request");
-        let mut s = Stream {
-            response,
-            buf: Vec::new(),
-        };
+        let mut s = Stream::post(base, json!({ "create_request": create }).to_string()).await;
         let created = s.next(Duration::from_secs(5)).await.expect("created");
         assert_eq!(created["result"]["created"], json!(true), "{created}");
         s
+    }
+
+    /// Opens a watch stream with `body` as its request objects.
+    async fn post(base: &str, body: String) -> Stream {
+        let response = reqwest::Client::new()
+            .post(format!("{base}/v3/watch"))
+            .body(body)
+            .send()
+            .await
+            .expect("watch request");
+        Stream {
+            response,
+            buf: Vec::new(),
+        }
     }
 
     /// The next response, or None after `quiet` without one (or at the end).
@@ -186,28 +189,19 @@ async fn a_watcher_that_stops_reading_stalls_nothing_and_then_gets_every_event()
         expected.push(format!("p{i}"));
     }
     // The server holds the stalled watcher's place, not its events.
-    let m = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metric = |name: &str| -> f64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing"))
-    };
-    assert_eq!(metric("meridian_watchers "), 1.0, "one watcher open");
+    let m = metrics_page(&url).await;
+    let metric = |name: &str| metric_in(&m, name);
+    assert_eq!(metric("meridian_watchers"), 1.0, "one watcher open");
     assert!(
-        metric("meridian_watch_queued_responses ") <= 16.0,
+        metric("meridian_watch_queued_responses") <= 16.0,
         "the stalled stream's queue stays within its bound"
     );
     assert!(
-        metric("meridian_watch_events_total ") < 10_000.0,
+        metric("meridian_watch_events_total") < 10_000.0,
         "the stalled watcher has not been handed its events yet"
     );
     assert_eq!(
-        metric("meridian_watch_catching_up_watchers "),
+        metric("meridian_watch_catching_up_watchers"),
         1.0,
         "the stalled watcher is counted as catching up"
     );
@@ -347,16 +341,7 @@ async fn watch_stream_answers_bad_requests_clearly_and_stays_usable() {
         json!({"create_request": {"key": b64(b"k"), "start_revision": "-3"}}),
         json!({"create_request": {"key": b64(b"k")}}),
     );
-    let mut r = reqwest::Client::new()
-        .post(format!("{url}/v3/watch"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let mut s = Stream {
-        response: r,
-        buf: Vec::new(),
-    };
+    let mut s = Stream::post(&url, body).await;
     let cancel = s.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(cancel["result"]["canceled"], json!(true), "{cancel}");
     assert!(cancel["result"]["cancel_reason"]
@@ -379,7 +364,7 @@ async fn watch_stream_answers_bad_requests_clearly_and_stays_usable() {
         json!(b64(b"v"))
     );
     // A malformed object ends the stream with an error in etcd's format.
-    r = reqwest::Client::new()
+    let r = reqwest::Client::new()
         .post(format!("{url}/v3/watch"))
         .body("{\"create_request\": 7}")
         .send()
@@ -409,16 +394,7 @@ async fn large_replays_are_fragmented_when_asked() {
         let create = json!({"create_request": {
             "key": b64(b"big/"), "range_end": b64(b"big0"),
             "start_revision": first.to_string(), "fragment": fragment}});
-        let response = reqwest::Client::new()
-            .post(format!("{url}/v3/watch"))
-            .body(create.to_string())
-            .send()
-            .await
-            .unwrap();
-        let mut s = Stream {
-            response,
-            buf: Vec::new(),
-        };
+        let mut s = Stream::post(&url, create.to_string()).await;
         assert_eq!(
             s.next(Duration::from_secs(5)).await.unwrap()["result"]["created"],
             json!(true)
@@ -442,19 +418,6 @@ async fn large_replays_are_fragmented_when_asked() {
             assert_eq!(fragments, 0);
         }
     }
-}
-
-/// The value of a counter or gauge on a server's /metrics page.
-async fn metric(base: &str, name: &str) -> f64 {
-    let page = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,28 +470,12 @@ async fn an_idle_watch_with_progress_notify_hears_the_current_revision() {
     let c = Cluster::start(1).await;
     let url = c.url(0).to_string();
     let watch = |progress: bool| {
-        let url = url.clone();
-        async move {
-            reqwest::Client::new()
-                .post(format!("{url}/v3/watch"))
-                .body(
-                    json!({"create_request": {"key": b64(b"quiet"), "progress_notify": progress,
-                                                "watch_id": "5"}})
-                    .to_string(),
-                )
-                .send()
-                .await
-                .expect("watch")
-        }
+        let body = json!({"create_request": {"key": b64(b"quiet"), "progress_notify": progress,
+                                              "watch_id": "5"}});
+        Stream::post(&url, body.to_string())
     };
-    let mut with = Stream {
-        response: watch(true).await,
-        buf: Vec::new(),
-    };
-    let mut without = Stream {
-        response: watch(false).await,
-        buf: Vec::new(),
-    };
+    let mut with = watch(true).await;
+    let mut without = watch(false).await;
     for s in [&mut with, &mut without] {
         let created = s.next(Duration::from_secs(5)).await.expect("created");
         assert_eq!(created["result"]["created"], json!(true), "{created}");

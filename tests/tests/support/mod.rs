@@ -256,6 +256,20 @@ impl Cluster {
         }
     }
 
+    /// Waits (at most 30 s) until server `i` has `key` in its own state
+    /// (a serializable read), e.g. after catching up; panics with its log.
+    pub async fn wait_applied(&self, i: usize, key: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get(self.url(i), key, true).await.unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "server {i} did not catch up to {key}; log:\n{}",
+                self.log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Index of the leader, as the live servers report it.
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -335,4 +349,46 @@ pub async fn get(base: &str, key: &str, serializable: bool) -> Result<Option<Vec
         .as_array()
         .and_then(|a| a.first())
         .map(|kv| unb64(&kv["value"])))
+}
+
+/// The end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    end
+}
+
+/// A server's /metrics page.
+pub async fn metrics_page(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of an unlabelled metric on a /metrics page.
+pub fn metric_in(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// The value of an unlabelled metric on a server's /metrics page.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    metric_in(&metrics_page(base).await, name)
+}
+
+/// Waits (at most 10 s) until metric `name` equals `want`.
+pub async fn expect_metric(base: &str, name: &str, want: f64) {
+    let mut got = f64::NAN;
+    for _ in 0..100 {
+        got = metric(base, name).await;
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} is {got}, expected {want}");
 }
