@@ -279,6 +279,51 @@ impl Links {
         }
     }
 
+    /// Records the outcome of a hello to `dc` in its link state and metrics;
+    /// returns whether the link is up.
+    fn record(&self, dc: &str, result: Result<(SocketAddr, Vec<String>), LinkError>) -> bool {
+        let up = result.is_ok();
+        self.metrics
+            .link_up
+            .with_label_values(&[dc])
+            .set(i64::from(up));
+        let Some(Ok(mut l)) = self.links.get(dc).map(|link| link.lock()) else {
+            return up;
+        };
+        if l.up != up {
+            l.since = SystemTime::now();
+        }
+        match result {
+            Ok((addr, servers)) => {
+                if !l.up {
+                    tracing::info!(datacenter = %dc, server = %addr, "WAN link up");
+                }
+                l.up = true;
+                l.current = Some(addr);
+                if !servers.is_empty() {
+                    l.known = servers;
+                }
+                l.error = None;
+                l.rtt = self.endpoint.rtt(addr, ALPN_WAN);
+                if let Some(rtt) = l.rtt {
+                    self.metrics
+                        .link_rtt
+                        .with_label_values(&[dc])
+                        .set(rtt.as_secs_f64());
+                }
+            }
+            Err(e) => {
+                if l.up {
+                    tracing::warn!(datacenter = %dc, error = %e, "WAN link down");
+                }
+                l.up = false;
+                l.current = None;
+                l.error = Some(e.to_string());
+            }
+        }
+        up
+    }
+
     /// Keeps the link to `dc` until stopped.
     async fn keep(self: Arc<Self>, dc: String) {
         let mut stop = self.stop.subscribe();
@@ -287,46 +332,7 @@ impl Links {
             if *stop.borrow() {
                 return;
             }
-            let result = self.hello(&dc).await;
-            let up = result.is_ok();
-            if let Some(link) = self.links.get(&dc) {
-                if let Ok(mut l) = link.lock() {
-                    match result {
-                        Ok((addr, servers)) => {
-                            if !l.up {
-                                tracing::info!(datacenter = %dc, server = %addr, "WAN link up");
-                                l.since = SystemTime::now();
-                            }
-                            l.up = true;
-                            l.current = Some(addr);
-                            if !servers.is_empty() {
-                                l.known = servers;
-                            }
-                            l.error = None;
-                            l.rtt = self.endpoint.rtt(addr, ALPN_WAN);
-                            if let Some(rtt) = l.rtt {
-                                self.metrics
-                                    .link_rtt
-                                    .with_label_values(&[&dc])
-                                    .set(rtt.as_secs_f64());
-                            }
-                        }
-                        Err(e) => {
-                            if l.up {
-                                tracing::warn!(datacenter = %dc, error = %e, "WAN link down");
-                                l.since = SystemTime::now();
-                            }
-                            l.up = false;
-                            l.current = None;
-                            l.error = Some(e.to_string());
-                        }
-                    }
-                }
-            }
-            self.metrics
-                .link_up
-                .with_label_values(&[&dc])
-                .set(i64::from(up));
+            let up = self.record(&dc, self.hello(&dc).await);
             let pause = if up {
                 backoff = Duration::from_millis(100);
                 self.probe
