@@ -235,8 +235,13 @@ impl Node {
             revisions: revisions.clone(),
             lessor: lessor.clone(),
         });
-        let state_machine = StateMachine::new(kv, config.data_dir.join("snapshots"), observer)
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let state_machine = StateMachine::new(
+            kv,
+            config.datacenter.clone(),
+            config.data_dir.join("snapshots"),
+            observer,
+        )
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let material = TlsMaterial::load(&config.tls)?;
         let dc_name = meridian_gateway::tls::datacenter_name(&config.datacenter);
@@ -403,7 +408,7 @@ impl Node {
     /// Proposes a write through Raft (forwarding to the leader if needed) and returns its outcome.
     pub async fn write(&self, command: Command) -> Result<(Header, Outcome), NodeError> {
         let is_put = match &command {
-            Command::Put(_) => true,
+            Command::Put(_) | Command::Mirror(_) => true,
             Command::Txn(t) => t.has_puts(),
             _ => false,
         };
@@ -824,6 +829,38 @@ impl Node {
         tracing::info!(server = %self.inner.config.name, revision = h.revision, "compaction applied");
         self.refresh_store_metrics();
         Ok(h)
+    }
+
+    /// Whether this server is the DC's leader as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
+    }
+
+    /// Every replication rule this DC knows (deleted ones included), from local state.
+    pub fn mirror_rules(
+        &self,
+    ) -> Result<BTreeMap<String, crate::kv::mirror::MirrorRule>, NodeError> {
+        let rtxn = self.read_txn()?;
+        Ok(crate::kv::mirror::rules(&self.inner.store, &rtxn)?)
+    }
+
+    /// A rule's checkpoint here, and the writes this DC lost to a promotion under it.
+    pub fn mirror_state(
+        &self,
+        rule: &str,
+    ) -> Result<
+        (
+            crate::kv::mirror::Checkpoint,
+            Vec<crate::kv::mirror::Orphan>,
+        ),
+        NodeError,
+    > {
+        let rtxn = self.read_txn()?;
+        let store = &self.inner.store;
+        Ok((
+            crate::kv::mirror::checkpoint(store, &rtxn, rule)?,
+            crate::kv::mirror::orphans(store, &rtxn, rule)?,
+        ))
     }
 
     /// This server's QUIC endpoint (Raft peers and other datacenters).

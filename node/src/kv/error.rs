@@ -47,6 +47,21 @@ pub enum KvError {
     /// A field holds a value the API does not accept.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A client write touches a prefix this DC mirrors from another.
+    #[error("key {key:?} is under replication rule {rule:?} and is read-only here; write it in its source datacenter {source_dc}")]
+    MirrorReadOnly {
+        /// The key written.
+        key: String,
+        /// The rule mirroring it.
+        rule: String,
+        /// The rule's source DC.
+        source_dc: String,
+        /// Whether the rule sends such writes to the source.
+        forward_writes: bool,
+    },
+    /// A replicator's batch does not fit this DC's rule or checkpoint.
+    #[error("replication batch refused: {0}")]
+    MirrorRefused(String),
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -82,7 +97,9 @@ impl KvError {
             KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
                 OUT_OF_RANGE
             }
-            KvError::LeaseExists => FAILED_PRECONDITION,
+            KvError::LeaseExists | KvError::MirrorReadOnly { .. } | KvError::MirrorRefused(_) => {
+                FAILED_PRECONDITION
+            }
             KvError::LeaseNotFound => NOT_FOUND,
             KvError::NoSpace => RESOURCE_EXHAUSTED,
             KvError::Storage(_) => INTERNAL,

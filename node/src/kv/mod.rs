@@ -3,6 +3,7 @@
 
 mod encoding;
 mod error;
+pub mod mirror;
 mod mvcc;
 mod types;
 

@@ -550,6 +550,10 @@ impl<'t, 'e> KvWriter<'t, 'e> {
             Command::Compact(req) => self.compact(req.revision).map(|_| Outcome::Compacted),
             Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl),
             Command::LeaseRevoke { id } => self.lease_revoke(*id),
+            // They span revisions and need the DC's name: the state machine applies them.
+            Command::SetRule(_) | Command::Mirror(_) => Err(KvError::InvalidArgument(
+                "replication commands are applied by the state machine".into(),
+            )),
         }
     }
 

@@ -307,6 +307,10 @@ pub enum Command {
         /// The lease id.
         id: i64,
     },
+    /// Store a replication rule (if it supersedes the stored version).
+    SetRule(super::mirror::MirrorRule),
+    /// Apply a replicator's batch and move its checkpoint.
+    Mirror(super::mirror::MirrorBatch),
 }
 
 impl Command {
@@ -344,6 +348,8 @@ impl Command {
             Command::DeleteRange(d) => d.key.len() + d.range_end.len(),
             Command::Txn(t) => txn(t),
             Command::Compact(_) | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
+            Command::SetRule(r) => 64 + r.prefix.len(),
+            Command::Mirror(b) => b.payload_bytes(),
         }
     }
 }
@@ -370,6 +376,13 @@ pub enum Outcome {
     },
     /// A lease was removed with its keys.
     LeaseRevoked,
+    /// A replication rule was offered; whether it replaced the stored one.
+    RuleSet {
+        /// Whether the stored rule changed.
+        changed: bool,
+    },
+    /// A replication batch was applied.
+    Mirrored,
 }
 
 /// What applying one log entry produced: the store's revision after it and the answer.

@@ -3,6 +3,7 @@
 
 use super::snapshot::{self, SnapshotError};
 use super::types::{storage_io, LogId, Member, StorageError, StoredMembership, TypeConfig};
+use crate::kv::mirror::{self, ReadOnly};
 use crate::kv::{Applied, Command, KvError, KvStore, KvWriter, Outcome};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
@@ -40,6 +41,8 @@ type LeaseChanges = (Vec<(i64, i64)>, Vec<i64>);
 #[derive(Clone)]
 pub struct StateMachine {
     store: KvStore,
+    /// This DC's name: replication rules make it a source or a target.
+    datacenter: String,
     snapshot_dir: PathBuf,
     observer: Arc<dyn ApplyObserver>,
 }
@@ -48,12 +51,14 @@ impl StateMachine {
     /// Wraps the store; snapshots are kept in `snapshot_dir`.
     pub fn new(
         store: KvStore,
+        datacenter: String,
         snapshot_dir: PathBuf,
         observer: Arc<dyn ApplyObserver>,
     ) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         Ok(StateMachine {
             store,
+            datacenter,
             snapshot_dir,
             observer,
         })
@@ -65,6 +70,7 @@ impl StateMachine {
         let mut results = Vec::with_capacity(entries.len());
         let mut last = None;
         let mut leases: LeaseChanges = (Vec::new(), Vec::new());
+        let mut read_only = ReadOnly::load(&self.store, &wtxn, &self.datacenter)?;
         for entry in &entries {
             let applied = match &entry.payload {
                 EntryPayload::Blank => Vec::new(),
@@ -76,7 +82,18 @@ impl StateMachine {
                 EntryPayload::Normal(proposal) => {
                     let mut applied = Vec::with_capacity(proposal.commands.len());
                     for command in &proposal.commands {
-                        let a = self.apply_command(&mut wtxn, command)?;
+                        let a = match read_only.check(command) {
+                            Ok(()) => self.apply_command(&mut wtxn, command)?,
+                            Err(e) => Applied {
+                                revision: self.store.revision(&wtxn)?,
+                                outcome: Err(e),
+                            },
+                        };
+                        if let (Command::SetRule(_), Ok(Outcome::RuleSet { changed: true })) =
+                            (command, &a.outcome)
+                        {
+                            read_only = ReadOnly::load(&self.store, &wtxn, &self.datacenter)?;
+                        }
                         match (command, &a.outcome) {
                             (_, Ok(Outcome::LeaseGranted { id, ttl })) => {
                                 leases.0.push((*id, *ttl))
@@ -110,6 +127,36 @@ impl StateMachine {
     fn apply_command(&self, wtxn: &mut heed::RwTxn, command: &Command) -> Result<Applied, KvError> {
         let env = self.store.env();
         let before = self.store.revision(wtxn)?;
+        if let Command::SetRule(_) | Command::Mirror(_) = command {
+            let mut nested = env.nested_write_txn(wtxn)?;
+            let outcome = match command {
+                Command::SetRule(rule) => mirror::set_rule(&self.store, &mut nested, rule)
+                    .map(|changed| Outcome::RuleSet { changed }),
+                Command::Mirror(batch) => {
+                    mirror::apply_batch(self.store, &mut nested, batch, &self.datacenter)
+                        .map(|_| Outcome::Mirrored)
+                }
+                _ => Ok(Outcome::Nothing),
+            };
+            return match outcome {
+                Ok(outcome) => {
+                    let revision = self.store.revision(&nested)?;
+                    nested.commit()?;
+                    Ok(Applied {
+                        revision,
+                        outcome: Ok(outcome),
+                    })
+                }
+                Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
+                Err(e) => {
+                    nested.abort();
+                    Ok(Applied {
+                        revision: before,
+                        outcome: Err(e),
+                    })
+                }
+            };
+        }
         if let Command::Txn(_) = command {
             let mut nested = env.nested_write_txn(wtxn)?;
             let mut writer = KvWriter::new(self.store, &mut nested)?;
