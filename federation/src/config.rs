@@ -1,5 +1,6 @@
 //! Federation settings, as the `[federation]` section of the configuration gives them.
 
+use crate::replication::rules::{self, RuleSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub struct FederationConfig {
     /// The address other datacenters reach this server's QUIC endpoint at,
     /// when it differs from the peer address (NAT, a WAN-facing address).
     pub advertise_wan_addr: Option<String>,
+    /// Replication rules by name, stored at epoch 1 by the DC's leader when
+    /// the DC does not know the rule yet (API changes and promotions win).
+    pub replication: BTreeMap<String, RuleSpec>,
 }
 
 impl Default for FederationConfig {
@@ -43,6 +47,7 @@ impl Default for FederationConfig {
             forward_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
             advertise_wan_addr: None,
+            replication: BTreeMap::new(),
         }
     }
 }
@@ -80,6 +85,21 @@ impl FederationConfig {
                 "probe_interval_ms".into(),
                 "must be greater than zero",
             ));
+        }
+        let peers: Vec<String> = self.peers.keys().cloned().collect();
+        let mut checked = BTreeMap::new();
+        for (name, spec) in &self.replication {
+            let rule = rules::from_config(name, spec);
+            let key = format!("replication.{name}");
+            meridian_node::kv::mirror::check_rule(&rule, &checked).map_err(|e| {
+                FederationError::Invalid {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            rules::check_datacenters(&rule, own, &peers)
+                .map_err(|reason| FederationError::Invalid { key, reason })?;
+            checked.insert(name.clone(), rule);
         }
         Ok(())
     }

@@ -11,12 +11,13 @@ use crate::wire::{self, HttpHead, ResponseHead, WanRequest, WanResponse};
 use crate::{Federation, DATACENTER_HEADER};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use meridian_gateway::{FrameReader, FrameWriter};
+use meridian_node::api::FORWARD_TO_HEADER;
 use std::time::Instant;
 use tower::ServiceExt;
 
@@ -37,14 +38,63 @@ pub async fn route(State(fed): State<Federation>, req: Request, next: Next) -> R
     }
     let mut response = match target {
         Some(dc) if dc != own => forward(&fed, &dc, req).await,
+        _ if fed.shared.replication.forwards_writes() && is_kv_write(&req) => {
+            local_or_source(&fed, req, next).await
+        }
         _ => next.run(req).await,
     };
+    response.headers_mut().remove(FORWARD_TO_HEADER);
     if !response.headers().contains_key(DATACENTER_HEADER) {
         if let Ok(v) = HeaderValue::from_str(&own) {
             response.headers_mut().insert(DATACENTER_HEADER, v);
         }
     }
     response
+}
+
+/// Whether a request writes keys (the requests a mirrored prefix refuses).
+fn is_kv_write(req: &Request) -> bool {
+    let path = req.uri().path();
+    match *req.method() {
+        Method::POST => matches!(path, "/v3/kv/put" | "/v3/kv/deleterange" | "/v3/kv/txn"),
+        Method::PUT | Method::DELETE => path.starts_with("/v1/kv/"),
+        _ => false,
+    }
+}
+
+/// Runs a write here; if it is refused because it touches a prefix mirrored
+/// with `forward_writes`, sends it to the rule's source DC instead, which
+/// answers it (and names itself in `Meridian-Datacenter`).
+async fn local_or_source(fed: &Federation, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    // Room for the largest request the API accepts, in JSON's base64.
+    let limit = fed.shared.node.config().limits.request_bytes_max * 2 + 64 * 1024;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                3,
+                "etcdserver: request is too large".into(),
+                None,
+            )
+        }
+    };
+    let again = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
+    let mut response = next.run(again).await;
+    let Some(source) = response
+        .headers_mut()
+        .remove(FORWARD_TO_HEADER)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+    else {
+        return response;
+    };
+    fed.shared
+        .metrics
+        .forwarded
+        .with_label_values(&[&source, "write_to_source"])
+        .inc();
+    forward(fed, &source, Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// The datacenter a request names (query `dc=` wins over the header) and
@@ -274,6 +324,7 @@ pub(crate) async fn serve(fed: Federation, mut r: FrameReader, mut w: FrameWrite
     let from = match &request {
         WanRequest::Hello(h) => h.datacenter.clone(),
         WanRequest::Http(h) => h.from.clone(),
+        WanRequest::Changes(c) => c.from.clone(),
     };
     if !shared.links.knows(&from) {
         let why = format!(
@@ -286,16 +337,15 @@ pub(crate) async fn serve(fed: Federation, mut r: FrameReader, mut w: FrameWrite
     }
     shared.metrics.received(&from, first.len());
     match request {
-        WanRequest::Hello(_) => {
-            let hello = wire::encode(&WanResponse::Hello(wire::Hello {
-                datacenter: fed.datacenter().to_string(),
-                servers: shared.links.local_servers(),
-            }));
+        WanRequest::Hello(hello) => {
+            shared.links.heard(hello);
+            let hello = wire::encode(&WanResponse::Hello(shared.links.own_hello()));
             let _ = shared.metrics.send(&from, &mut w, &hello).await;
             w.finish();
             w.stopped().await;
         }
         WanRequest::Http(head) => serve_http(&fed, &from, head, r, w).await,
+        WanRequest::Changes(request) => crate::replication::source::serve(&fed, request, w).await,
     }
 }
 

@@ -6,7 +6,10 @@
 //! - [`forward`]: a client request naming another datacenter (`dc=` or the
 //!   `Meridian-Datacenter` header) is carried over the link and run there by
 //!   that datacenter's own API, streaming both ways (watches included).
-//! - `/v1/datacenters`: the directory as JSON.
+//! - [`replication`]: prefixes mirrored from a source datacenter to targets,
+//!   each batch applied with its checkpoint in one Raft entry.
+//! - `/v1/datacenters` and `/v1/federation/replication`: the directory and
+//!   the rules as JSON.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,12 +18,15 @@ mod config;
 pub mod forward;
 pub mod links;
 mod metrics;
+pub mod replication;
 mod wire;
 
 pub use config::{FederationConfig, FederationError};
 pub use links::{LinkError, LinkStatus};
+pub use replication::rules::RuleSpec;
 
 use axum::Router;
+use meridian_node::kv::mirror::MirrorRule;
 use meridian_node::Node;
 use std::sync::Arc;
 
@@ -41,6 +47,8 @@ struct Shared {
     /// The node's own API, which forwarded requests run against.
     local: Router,
     metrics: metrics::FederationMetrics,
+    replication: Arc<replication::Replication>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Federation {
@@ -64,13 +72,12 @@ impl Federation {
                 .map(|dc| meridian_gateway::tls::datacenter_name(dc))
                 .collect(),
         );
-        let links = links::Links::new(
-            own,
-            endpoint.clone(),
-            &config,
-            wan_addresses(&node, config.advertise_wan_addr.clone()),
-            metrics.clone(),
-        );
+        let side = Arc::new(Side {
+            node: node.clone(),
+            own: own.clone(),
+            own_wan: config.advertise_wan_addr.clone(),
+        });
+        let links = links::Links::new(own, endpoint.clone(), &config, side, metrics.clone());
         let federation = Federation {
             shared: Arc::new(Shared {
                 node,
@@ -78,6 +85,8 @@ impl Federation {
                 links,
                 local,
                 metrics,
+                replication: Arc::default(),
+                stop: tokio::sync::watch::channel(false).0,
             }),
         };
         let serving = federation.clone();
@@ -89,6 +98,10 @@ impl Federation {
             }),
         );
         federation.shared.links.start();
+        tokio::spawn(replication::supervise(
+            federation.clone(),
+            federation.shared.stop.subscribe(),
+        ));
         Ok(federation)
     }
 
@@ -115,24 +128,61 @@ impl Federation {
         self.shared.links.status()
     }
 
-    /// Stops the link keepers.
+    /// Every replication rule this datacenter knows (deleted ones included).
+    pub fn rules(&self) -> Vec<MirrorRule> {
+        self.shared
+            .node
+            .mirror_rules()
+            .map(|r| r.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    /// Progress of the rules replicated into this datacenter, as its leader
+    /// sees them (empty on other servers).
+    pub fn replication(&self) -> Vec<replication::Progress> {
+        self.shared.replication.progress()
+    }
+
+    /// Stops the link keepers and the replicators.
     pub fn stop(&self) {
         self.shared.links.stop();
+        self.shared.stop.send_replace(true);
     }
 }
 
-/// The WAN addresses of this datacenter's servers: each member's peer
-/// address, this server's own replaced by its advertised WAN address if set.
-fn wan_addresses(node: &Node, own_wan: Option<String>) -> links::LocalServers {
-    let node = node.clone();
-    Arc::new(move || {
-        let me = node.config().name.clone();
-        node.members()
+/// This datacenter as hellos describe it.
+struct Side {
+    node: Node,
+    own: String,
+    own_wan: Option<String>,
+}
+
+impl links::LocalSide for Side {
+    /// Each member's peer address, this server's own replaced by its
+    /// advertised WAN address if set.
+    fn servers(&self) -> Vec<String> {
+        let me = self.node.config().name.clone();
+        self.node
+            .members()
             .into_iter()
-            .map(|m| match &own_wan {
+            .map(|m| match &self.own_wan {
                 Some(wan) if m.name == me => wan.clone(),
                 _ => m.peer_addr,
             })
             .collect()
-    })
+    }
+
+    fn rules(&self) -> Vec<MirrorRule> {
+        self.node
+            .mirror_rules()
+            .map(|r| r.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    fn heard(&self, dc: &str, rules: Vec<MirrorRule>) {
+        let node = self.node.clone();
+        let own = self.own.clone();
+        let dc = dc.to_string();
+        tokio::spawn(async move { replication::rules::adopt(&node, &own, &dc, rules).await });
+    }
 }

@@ -9,6 +9,7 @@ use crate::config::FederationConfig;
 use crate::metrics::FederationMetrics;
 use crate::wire::{self, Hello, WanRequest, WanResponse};
 use meridian_gateway::{Endpoint, FrameReader, FrameWriter, ALPN_WAN};
+use meridian_node::kv::mirror::MirrorRule;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -65,14 +66,22 @@ struct Link {
     rtt: Option<Duration>,
 }
 
-/// Function returning this datacenter's current WAN addresses.
-pub type LocalServers = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// What a hello tells about this datacenter, and what is done with what a
+/// remote one tells.
+pub trait LocalSide: Send + Sync {
+    /// This datacenter's current WAN addresses.
+    fn servers(&self) -> Vec<String>;
+    /// The replication rules this datacenter knows.
+    fn rules(&self) -> Vec<MirrorRule>;
+    /// A remote datacenter told its rules (in a hello or its answer).
+    fn heard(&self, dc: &str, rules: Vec<MirrorRule>);
+}
 
 /// Every remote datacenter's link.
 pub struct Links {
     own: String,
     endpoint: Endpoint,
-    local_servers: LocalServers,
+    local: Arc<dyn LocalSide>,
     links: BTreeMap<String, Mutex<Link>>,
     probe: Duration,
     connect_timeout: Duration,
@@ -86,7 +95,7 @@ impl Links {
         own: String,
         endpoint: Endpoint,
         config: &FederationConfig,
-        local_servers: LocalServers,
+        local: Arc<dyn LocalSide>,
         metrics: FederationMetrics,
     ) -> Arc<Links> {
         let links = config
@@ -109,7 +118,7 @@ impl Links {
         Arc::new(Links {
             own,
             endpoint,
-            local_servers,
+            local,
             links,
             probe: config.probe_interval,
             connect_timeout: config.forward_timeout,
@@ -134,7 +143,23 @@ impl Links {
 
     /// This datacenter's WAN addresses, as hellos tell them.
     pub fn local_servers(&self) -> Vec<String> {
-        (self.local_servers)()
+        self.local.servers()
+    }
+
+    /// The hello this datacenter says.
+    pub(crate) fn own_hello(&self) -> Hello {
+        Hello {
+            datacenter: self.own.clone(),
+            servers: self.local.servers(),
+            rules: self.local.rules(),
+        }
+    }
+
+    /// Takes in what a remote datacenter's hello told.
+    pub(crate) fn heard(&self, hello: Hello) {
+        if !hello.rules.is_empty() {
+            self.local.heard(&hello.datacenter, hello.rules);
+        }
     }
 
     /// The names of the remote datacenters.
@@ -243,10 +268,7 @@ impl Links {
             cause,
         };
         let (mut w, mut r, addr) = self.open(dc, self.connect_timeout).await?;
-        let hello = wire::encode(&WanRequest::Hello(Hello {
-            datacenter: self.own.clone(),
-            servers: self.local_servers(),
-        }));
+        let hello = wire::encode(&WanRequest::Hello(self.own_hello()));
         let exchange = async {
             self.metrics
                 .send(dc, &mut w, &hello)
@@ -260,7 +282,11 @@ impl Links {
                 .map_err(|e| e.to_string())?
                 .ok_or("stream closed before the hello answer")?;
             match wire::decode::<WanResponse>(&frame)? {
-                WanResponse::Hello(h) if h.datacenter == dc => Ok(h.servers),
+                WanResponse::Hello(h) if h.datacenter == dc => {
+                    let servers = h.servers.clone();
+                    self.heard(h);
+                    Ok(servers)
+                }
                 WanResponse::Hello(h) => Err(format!(
                     "the server at {addr} belongs to datacenter {:?}",
                     h.datacenter

@@ -17,6 +17,20 @@ pub struct FederationMetrics {
     pub forwarded: IntCounterVec,
     /// Time until a forwarded request's answer began, by datacenter.
     pub forward_duration: HistogramVec,
+    /// Source revisions not yet applied here, by rule (target leader only).
+    pub replication_lag_revisions: IntGaugeVec,
+    /// Seconds since this target last held everything its source had, by rule.
+    pub replication_lag_seconds: prometheus::GaugeVec,
+    /// The source revision this target holds, by rule.
+    pub replication_checkpoint: IntGaugeVec,
+    /// Batches applied here, by rule and kind (changes, resync).
+    pub replication_batches: IntCounterVec,
+    /// Source changes applied here, by rule.
+    pub replication_changes: IntCounterVec,
+    /// Replication streams that failed, by rule.
+    pub replication_errors: IntCounterVec,
+    /// Replication streams served to targets, by rule and target datacenter.
+    pub replication_streams_served: IntCounterVec,
 }
 
 impl FederationMetrics {
@@ -68,8 +82,64 @@ impl FederationMetrics {
                 ]),
                 &["dc"],
             )?,
+            replication_lag_revisions: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_replication_lag_revisions",
+                    "Source revisions not yet applied in this target datacenter, by rule (exported by the target's leader).",
+                ),
+                &["rule", "source"],
+            )?,
+            replication_lag_seconds: prometheus::GaugeVec::new(
+                Opts::new(
+                    "meridian_replication_lag_seconds",
+                    "Seconds since this target datacenter last held everything its source had, by rule (exported by the target's leader).",
+                ),
+                &["rule", "source"],
+            )?,
+            replication_checkpoint: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_replication_checkpoint_revision",
+                    "The source revision this target datacenter holds, by rule.",
+                ),
+                &["rule", "source"],
+            )?,
+            replication_batches: IntCounterVec::new(
+                Opts::new(
+                    "meridian_replication_batches_total",
+                    "Replication batches applied in this datacenter, by rule and kind (changes, resync).",
+                ),
+                &["rule", "kind"],
+            )?,
+            replication_changes: IntCounterVec::new(
+                Opts::new(
+                    "meridian_replication_changes_total",
+                    "Source changes (puts and deletes) applied in this datacenter, by rule.",
+                ),
+                &["rule"],
+            )?,
+            replication_errors: IntCounterVec::new(
+                Opts::new(
+                    "meridian_replication_errors_total",
+                    "Replication streams that ended in an error, by rule.",
+                ),
+                &["rule"],
+            )?,
+            replication_streams_served: IntCounterVec::new(
+                Opts::new(
+                    "meridian_replication_streams_served_total",
+                    "Replication streams this server started serving as a source, by rule and target datacenter.",
+                ),
+                &["rule", "dc"],
+            )?,
         };
         registry.register(Box::new(m.link_up.clone()))?;
+        registry.register(Box::new(m.replication_lag_revisions.clone()))?;
+        registry.register(Box::new(m.replication_lag_seconds.clone()))?;
+        registry.register(Box::new(m.replication_checkpoint.clone()))?;
+        registry.register(Box::new(m.replication_batches.clone()))?;
+        registry.register(Box::new(m.replication_changes.clone()))?;
+        registry.register(Box::new(m.replication_errors.clone()))?;
+        registry.register(Box::new(m.replication_streams_served.clone()))?;
         registry.register(Box::new(m.link_rtt.clone()))?;
         registry.register(Box::new(m.messages.clone()))?;
         registry.register(Box::new(m.bytes.clone()))?;

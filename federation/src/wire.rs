@@ -3,6 +3,7 @@
 //! An HTTP exchange then carries the request body as further frames from the
 //! caller and the response body as further frames from the serving side.
 
+use meridian_node::kv::mirror::{MirrorChange, MirrorRule};
 use serde::{Deserialize, Serialize};
 
 /// A datacenter introducing itself.
@@ -12,6 +13,46 @@ pub struct Hello {
     pub datacenter: String,
     /// WAN addresses of its current servers.
     pub servers: Vec<String>,
+    /// The replication rules it knows (deleted ones too), so that rule
+    /// changes and promotions reach every datacenter they involve.
+    pub rules: Vec<MirrorRule>,
+}
+
+/// A target asking a source for a rule's change stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesRequest {
+    /// The asking (target) datacenter.
+    pub from: String,
+    /// The rule.
+    pub rule: String,
+    /// The rule epoch the target follows; the source serves only its own.
+    pub epoch: u64,
+    /// The target's checkpoint: changes after this revision are wanted.
+    pub after: i64,
+    /// Whether to start with the prefix's complete content (a resync).
+    pub resync: bool,
+}
+
+/// Changes of a rule's prefix in a run of source revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    /// Every revision up to this one is covered.
+    pub through: i64,
+    /// The source's revision when it sent the batch (for lag).
+    pub head: i64,
+    /// The changes under the prefix, one entry per revision that has any.
+    pub revisions: Vec<(i64, Vec<MirrorChange>)>,
+}
+
+/// A part of the prefix's complete content at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPart {
+    /// The revision the content is read at.
+    pub revision: i64,
+    /// Keys and values, in key order.
+    pub keys: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether more parts follow.
+    pub more: bool,
 }
 
 /// The head of a forwarded HTTP request.
@@ -43,6 +84,8 @@ pub enum WanRequest {
     Hello(Hello),
     /// Run an HTTP request of the client API here.
     Http(HttpHead),
+    /// Stream a rule's changes (a replication stream).
+    Changes(ChangesRequest),
 }
 
 /// Frames the serving side sends before any body.
@@ -56,6 +99,11 @@ pub enum WanResponse {
     Http(ResponseHead),
     /// The request is refused (e.g. from a datacenter not in the configuration).
     Refused(String),
+    /// Part of a resync's content (a replication stream starts with these
+    /// when asked to, or when the target's checkpoint is compacted away).
+    Snapshot(SnapshotPart),
+    /// Changes after the previous frame (a replication stream).
+    Changes(ChangeBatch),
 }
 
 /// Encodes a message (infallible for these types; an error becomes a refusal text).

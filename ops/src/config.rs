@@ -45,6 +45,7 @@ struct FederationSection {
     forward_timeout_ms: u64,
     probe_interval_ms: u64,
     advertise_wan_addr: Option<String>,
+    replication: BTreeMap<String, meridian_federation::RuleSpec>,
 }
 
 impl Default for FederationSection {
@@ -55,6 +56,7 @@ impl Default for FederationSection {
             forward_timeout_ms: d.forward_timeout.as_millis() as u64,
             probe_interval_ms: d.probe_interval.as_millis() as u64,
             advertise_wan_addr: None,
+            replication: BTreeMap::new(),
         }
     }
 }
@@ -201,6 +203,7 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
         forward_timeout: Duration::from_millis(fed.forward_timeout_ms),
         probe_interval: Duration::from_millis(fed.probe_interval_ms),
         advertise_wan_addr: fed.advertise_wan_addr.clone(),
+        replication: fed.replication.clone(),
     };
     federation.validate(&f.datacenter).map_err(|e| match e {
         meridian_federation::FederationError::Invalid { key, reason } => {

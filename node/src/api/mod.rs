@@ -27,7 +27,15 @@ pub struct ApiError {
     status: StatusCode,
     code: i32,
     message: String,
+    /// For a write refused under a mirrored prefix whose rule forwards
+    /// writes: the source DC the federation layer sends it to.
+    forward_to: Option<String>,
 }
+
+/// Header on a refused write naming the DC it should be sent to (a mirrored
+/// prefix with `forward_writes`); the federation layer acts on it and never
+/// lets it reach a client.
+pub const FORWARD_TO_HEADER: &str = "meridian-forward-to";
 
 impl ApiError {
     fn new(code: i32, message: impl Into<String>) -> ApiError {
@@ -35,6 +43,7 @@ impl ApiError {
             status: http_status(code),
             code,
             message: message.into(),
+            forward_to: None,
         }
     }
 
@@ -59,13 +68,25 @@ fn http_status(code: i32) -> StatusCode {
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> ApiError {
-        ApiError::new(e.grpc_code(), e.to_string())
+        match e {
+            NodeError::Kv(k) => k.into(),
+            e => ApiError::new(e.grpc_code(), e.to_string()),
+        }
     }
 }
 
 impl From<KvError> for ApiError {
     fn from(e: KvError) -> ApiError {
-        ApiError::new(e.grpc_code(), e.to_string())
+        let mut error = ApiError::new(e.grpc_code(), e.to_string());
+        if let KvError::MirrorReadOnly {
+            source_dc,
+            forward_writes: true,
+            ..
+        } = e
+        {
+            error.forward_to = Some(source_dc);
+        }
+        error
     }
 }
 
@@ -78,12 +99,19 @@ impl From<json::FieldError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.message, "code": self.code, "message": self.message });
-        (
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(dc) = self
+            .forward_to
+            .and_then(|dc| axum::http::HeaderValue::from_str(&dc).ok())
+        {
+            response.headers_mut().insert(FORWARD_TO_HEADER, dc);
+        }
+        response
     }
 }
 
@@ -218,6 +246,7 @@ async fn not_found() -> ApiError {
         status: StatusCode::NOT_FOUND,
         code: grpc_code::NOT_FOUND,
         message: "Not Found".into(),
+        forward_to: None,
     }
 }
 

@@ -45,6 +45,18 @@ impl Endpoints {
             .await
     }
 
+    /// PUTs JSON to the first endpoint that answers.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        self.first_answer(path, |client, url| client.put(url).json(body))
+            .await
+    }
+
+    /// DELETEs at the first endpoint that answers.
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.first_answer(path, |client, url| client.delete(url))
+            .await
+    }
+
     /// Sends the request `build` makes to each endpoint in turn until one answers.
     async fn first_answer(
         &self,

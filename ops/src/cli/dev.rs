@@ -7,9 +7,13 @@
 //! on `base + 100*d + 10*i` and for peers and other datacenters (QUIC) on that
 //! port + 1. With the default base 2379, dc1's client URLs are :2379, :2389
 //! and :2399 (the CLI's default endpoints) and dc2's :2479, :2489 and :2499.
+//!
+//! With more than one datacenter, the rule `global` mirrors the prefix
+//! `/global/` from dc1 to every other datacenter; dev prints it as
+//! `rule=global prefix=/global/ source=dc1 targets=dc2,...`.
 
 use anyhow::{Context, Result};
-use meridian_federation::FederationConfig;
+use meridian_federation::{FederationConfig, RuleSpec};
 use meridian_gateway::tls::TlsPaths;
 use meridian_node::config::{InitialMember, Limits, RaftSettings};
 use meridian_node::NodeConfig;
@@ -78,6 +82,18 @@ pub async fn run(args: Args) -> Result<()> {
             .context("generating certificates")?;
     }
 
+    let mut rules = BTreeMap::new();
+    if dcs > 1 {
+        rules.insert(
+            "global".to_string(),
+            RuleSpec {
+                prefix: "/global/".into(),
+                source: dc_name(0),
+                targets: (1..dcs).map(dc_name).collect(),
+                forward_writes: false,
+            },
+        );
+    }
     let mut running = Vec::new();
     for d in 0..dcs {
         let members: BTreeMap<String, InitialMember> = NAMES
@@ -101,6 +117,7 @@ pub async fn run(args: Args) -> Result<()> {
                     (dc_name(other), seeds)
                 })
                 .collect(),
+            replication: rules.clone(),
             ..FederationConfig::default()
         };
         for (i, name) in NAMES.iter().enumerate() {
@@ -127,6 +144,14 @@ pub async fn run(args: Args) -> Result<()> {
                 addr(client_port(d, i))
             ));
         }
+    }
+    for (name, rule) in &rules {
+        say(format_args!(
+            "rule={name} prefix={} source={} targets={}",
+            rule.prefix,
+            rule.source,
+            rule.targets.join(",")
+        ));
     }
     say(format_args!(
         "data: {}{}",
