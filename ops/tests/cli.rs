@@ -250,14 +250,26 @@ fn start_dev_lines(n: usize) -> (KillOnDrop, Vec<String>) {
 
 #[test]
 fn dev_runs_two_datacenters_and_the_cli_reaches_either() {
-    let (_dev, lines) = start_dev_lines(6);
+    let (_dev, lines) = start_dev_lines(7);
     let dcs: Vec<&str> = lines
         .iter()
         .map(|l| l.split(' ').next().expect("dc=..."))
         .collect();
     assert_eq!(
         dcs,
-        ["dc=dc1", "dc=dc1", "dc=dc1", "dc=dc2", "dc=dc2", "dc=dc2"]
+        [
+            "dc=dc1",
+            "dc=dc1",
+            "dc=dc1",
+            "dc=dc2",
+            "dc=dc2",
+            "dc=dc2",
+            "rule=global"
+        ]
+    );
+    assert_eq!(
+        lines[6],
+        "rule=global prefix=/global/ source=dc1 targets=dc2"
     );
     let (dc1, dc2) = (client_url(&lines[0]), client_url(&lines[3]));
     let run = |args: &[&str]| {
@@ -306,6 +318,28 @@ fn dev_runs_two_datacenters_and_the_cli_reaches_either() {
     assert!(
         err.contains("unknown datacenter \"mars\"") && err.contains("HTTP 404"),
         "{err}"
+    );
+    // /global/ written in dc1 shows up in dc2, where it is read-only.
+    let (ok, _, err) = run(&["kv", "put", "/global/motd", "hi", "--endpoints", &dc1]);
+    assert!(ok, "{err}");
+    let mut mirrored = String::new();
+    for _ in 0..100 {
+        mirrored = run(&["kv", "get", "/global/motd", "--endpoints", &dc2]).1;
+        if !mirrored.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(mirrored, "/global/motd\nhi\n");
+    let (ok, _, err) = run(&["kv", "put", "/global/motd", "no", "--endpoints", &dc2]);
+    assert!(!ok);
+    assert!(err.contains("read-only") && err.contains("dc1"), "{err}");
+    let rules = run(&["federation", "rules", "--endpoints", &dc2]).1;
+    assert!(
+        rules.starts_with(
+            "global prefix=/global/ source=dc1 targets=dc2 epoch=1 role=target checkpoint="
+        ),
+        "{rules}"
     );
 }
 

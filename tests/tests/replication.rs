@@ -779,3 +779,64 @@ async fn replication_keeps_up_under_wan_delay_and_loss() {
     );
     wait_same(&u1, &u2, 60).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_cut_off_source_accepted_after_a_promotion_are_listed_not_lost_silently() {
+    let rule = rule_toml("global", PREFIX, "dc1", &["dc2"]);
+    let (dcs, to_dc1, to_dc2) = pair_through_proxies(&rule).await;
+    let (u1, u2) = (dcs[0].url(0).to_string(), dcs[1].url(0).to_string());
+    put(&u1, &format!("{PREFIX}a"), "1").await.unwrap();
+    synced(&u1, &[&u2]).await;
+
+    // dc1 is cut off; it keeps accepting writes nobody mirrors.
+    to_dc1.cut(true);
+    to_dc2.cut(true);
+    wait_state(&u2, "retrying").await;
+    put(&u1, &format!("{PREFIX}a"), "lost-update")
+        .await
+        .unwrap();
+    put(&u1, &format!("{PREFIX}new"), "lost-create")
+        .await
+        .unwrap();
+    // The operators fail over to dc2, which writes on.
+    let (s, v) = send(
+        reqwest::Method::POST,
+        &format!("{u2}/v1/federation/replication/global/promote"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    put(&u2, &format!("{PREFIX}b"), "from-dc2").await.unwrap();
+
+    // The link heals: dc1 takes dc2's content and lists what it lost.
+    to_dc1.cut(false);
+    to_dc2.cut(false);
+    let r = wait_rule(&u1, "global", 2).await;
+    assert_eq!(r["role"], json!("target"), "{r}");
+    let copy = wait_same(&u2, &u1, 60).await;
+    assert_eq!(copy[&format!("{PREFIX}a")].0, "1");
+    assert!(!copy.contains_key(&format!("{PREFIX}new")));
+    let r = wait_rule(&u1, "global", 2).await;
+    let lost: Vec<(String, String)> = r["unreplicated_writes"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|w| {
+                    (
+                        w["key"].as_str().unwrap_or("").to_string(),
+                        w["value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        lost,
+        vec![
+            (format!("{PREFIX}a"), "lost-update".to_string()),
+            (format!("{PREFIX}new"), "lost-create".to_string()),
+        ],
+        "{r}"
+    );
+    assert_eq!(r["handover"]["from"], json!("dc1"), "{r}");
+}
