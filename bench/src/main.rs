@@ -5,6 +5,7 @@
 //!     meridian-load report bench/results/run.jsonl --markdown out.md --json out.json
 
 mod driver;
+mod mirror;
 mod report;
 mod workload;
 
@@ -58,6 +59,29 @@ enum Cmd {
         /// JSON-lines file the measurement is appended to; stdout if absent.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Writes --keys keys under --prefix at --source and appends the time
+    /// until --target holds them all (`mirror_<N>_keys_s`) to --out.
+    Mirror {
+        /// Which system this is, as recorded.
+        #[arg(long)]
+        system: String,
+        /// A client URL of the source.
+        #[arg(long)]
+        source: String,
+        /// A client URL of the target.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "bench/mirror/")]
+        prefix: String,
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 256)]
+        value_bytes: usize,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Summarises a JSON-lines file of measurements as Markdown and JSON.
     Report {
@@ -115,6 +139,32 @@ async fn main() -> anyhow::Result<()> {
                     .write_all(line.as_bytes())?,
                 None => print!("{line}"),
             }
+        }
+        Cmd::Mirror {
+            system,
+            source,
+            target,
+            prefix,
+            keys,
+            clients,
+            value_bytes,
+            out,
+        } => {
+            let (after_last, writes) =
+                mirror::run(&source, &target, &prefix, keys, clients, value_bytes).await?;
+            eprintln!(
+                "{system:>8} mirror of {keys} keys: writes took {writes:.2} s, target complete {after_last:.3} s after the last write"
+            );
+            let line = format!(
+                "{}\n",
+                serde_json::json!({"system": system, "metric": format!("mirror_{keys}_keys_s_after_last_write"), "value": after_last})
+            );
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&out)
+                .with_context(|| format!("open {}", out.display()))?
+                .write_all(line.as_bytes())?;
         }
         Cmd::Report {
             records,
