@@ -297,6 +297,35 @@ async fn three_datacenters_mirror_puts_and_deletes_in_order() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(poller.await.expect("poller") > 0);
 
+    // A key whose lease expires at the source is deleted in the targets.
+    let (s, lease) = post(&format!("{u1}/v3/lease/grant"), &json!({"TTL": "1"}))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{lease}");
+    let leased = format!("{PREFIX}leased");
+    let (s, v) = post(
+        &format!("{u1}/v3/kv/put"),
+        &json!({"key": b64(leased.as_bytes()), "value": b64(b"v"), "lease": lease["ID"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut was_there = [false, false];
+    let mut gone = [false, false];
+    while gone != [true, true] {
+        for (i, target) in [u2, u3].into_iter().enumerate() {
+            let here = get(target, &leased, true).await.unwrap().is_some();
+            was_there[i] |= here;
+            gone[i] = was_there[i] && !here;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leased key never came and went in both targets: seen {was_there:?}, gone {gone:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The targets say where they are: role, checkpoint, no lag.
     let r = wait_rule(u2, "global", 1).await;
     assert_eq!(r["role"], json!("target"), "{r}");
