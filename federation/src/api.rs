@@ -6,7 +6,6 @@ use crate::replication::rules::{self, RuleError, RuleSpec};
 use crate::Federation;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -143,25 +142,17 @@ fn answer(fed: &Federation, result: Result<MirrorRule, RuleError>) -> Response {
     }
 }
 
-/// An error in the client API's JSON shape.
+/// An error in the client API's JSON shape, with grpc-gateway's status for its code.
 fn error(e: RuleError) -> Response {
-    let (status, code) = match &e {
-        RuleError::Invalid(_) => (StatusCode::BAD_REQUEST, 3),
-        RuleError::NotFound(_) => (StatusCode::NOT_FOUND, 5),
-        RuleError::Node(n) => (
-            match n.grpc_code() {
-                3 => StatusCode::BAD_REQUEST,
-                14 => StatusCode::SERVICE_UNAVAILABLE,
-                4 => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            n.grpc_code(),
-        ),
+    let code = match &e {
+        RuleError::Invalid(_) => 3,
+        RuleError::NotFound(_) => 5,
+        RuleError::Node(n) => n.grpc_code(),
     };
-    let message = e.to_string();
-    (
-        status,
-        Json(json!({ "error": message, "code": code, "message": message })),
+    crate::forward::error(
+        meridian_node::api::http_status(code),
+        code,
+        e.to_string(),
+        None,
     )
-        .into_response()
 }

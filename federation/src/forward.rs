@@ -150,7 +150,12 @@ fn target(req: &Request) -> Result<(Option<String>, Option<Uri>), Box<Response>>
 
 /// An error in the client API's JSON shape (etcd's `error`, `code`,
 /// `message`), with the known datacenters when that helps.
-fn error(status: StatusCode, code: i32, message: String, known: Option<Vec<String>>) -> Response {
+pub(crate) fn error(
+    status: StatusCode,
+    code: i32,
+    message: String,
+    known: Option<Vec<String>>,
+) -> Response {
     let mut body = serde_json::json!({ "error": message, "code": code, "message": message });
     if let Some(known) = known {
         body["datacenters"] = serde_json::json!(known);

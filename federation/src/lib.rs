@@ -128,15 +128,6 @@ impl Federation {
         self.shared.links.status()
     }
 
-    /// Every replication rule this datacenter knows (deleted ones included).
-    pub fn rules(&self) -> Vec<MirrorRule> {
-        self.shared
-            .node
-            .mirror_rules()
-            .map(|r| r.into_values().collect())
-            .unwrap_or_default()
-    }
-
     /// Progress of the rules replicated into this datacenter, as its leader
     /// sees them (empty on other servers).
     pub fn replication(&self) -> Vec<replication::Progress> {
@@ -180,9 +171,14 @@ impl links::LocalSide for Side {
     }
 
     fn heard(&self, dc: &str, rules: Vec<MirrorRule>) {
-        let node = self.node.clone();
-        let own = self.own.clone();
-        let dc = dc.to_string();
-        tokio::spawn(async move { replication::rules::adopt(&node, &own, &dc, rules).await });
+        let Ok(local) = self.node.mirror_rules() else {
+            return;
+        };
+        let newer = replication::rules::newer(&local, &self.own, rules);
+        if !newer.is_empty() {
+            let node = self.node.clone();
+            let dc = dc.to_string();
+            tokio::spawn(async move { replication::rules::adopt(&node, &dc, newer).await });
+        }
     }
 }

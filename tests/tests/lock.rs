@@ -12,17 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
-async fn grant(base: &str, ttl: i64) -> i64 {
-    let (s, v) = post(
-        &format!("{base}/v3/lease/grant"),
-        &json!({"TTL": ttl.to_string()}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, 200, "{v}");
-    v["ID"].as_str().unwrap().parse().unwrap()
-}
-
 /// Keeps a lease alive every 300 ms until aborted.
 fn keep_alive(base: String, lease: i64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -101,7 +90,7 @@ async fn lock_holders_exclude_each_other_and_a_stale_holder_is_fenced_off() {
     put(&urls[0], "fence", &pad(0)).await.unwrap();
 
     // A holder that pauses: takes the lock, then its lease lapses (no keep-alives).
-    let stale_lease = grant(&urls[1], 1).await;
+    let stale_lease = grant_lease(&urls[1], 1).await;
     let (_, stale_token) = lock(&urls[1], "job", stale_lease).await;
 
     let holding = Arc::new(AtomicUsize::new(0));
@@ -110,7 +99,7 @@ async fn lock_holders_exclude_each_other_and_a_stale_holder_is_fenced_off() {
         let base = urls[w % 3].clone();
         let holding = holding.clone();
         workers.push(tokio::spawn(async move {
-            let lease = grant(&base, 2).await;
+            let lease = grant_lease(&base, 2).await;
             let keeper = keep_alive(base.clone(), lease);
             let mut tokens = Vec::new();
             for round in 0..3 {
@@ -179,7 +168,7 @@ async fn a_killed_leader_is_replaced_after_its_ttl_and_observers_see_each_change
     let b = c.url(b_idx).to_string();
     let observer_url = c.url((raft_leader + 2) % 3).to_string();
 
-    let lease_a = grant(&a, 2).await;
+    let lease_a = grant_lease(&a, 2).await;
     let keeper_a = keep_alive(a.clone(), lease_a);
     let (s, va) = post_long(
         &format!("{a}/v3/election/campaign"),
@@ -227,7 +216,7 @@ async fn a_killed_leader_is_replaced_after_its_ttl_and_observers_see_each_change
     );
 
     // B campaigns (waits); then A's server dies.
-    let lease_b = grant(&b, 2).await;
+    let lease_b = grant_lease(&b, 2).await;
     let keeper_b = keep_alive(b.clone(), lease_b);
     let campaign_b = {
         let b = b.clone();
@@ -280,10 +269,10 @@ async fn coordination_metrics_count_watchers_leases_and_waiters() {
     let base = c.url(0).to_string();
 
     // Leases: four granted, one revoked, one left to expire, one kept alive.
-    let kept = grant(&base, 60).await;
-    let expiring = grant(&base, 1).await;
-    let revoked = grant(&base, 60).await;
-    let waiting = grant(&base, 60).await;
+    let kept = grant_lease(&base, 60).await;
+    let expiring = grant_lease(&base, 1).await;
+    let revoked = grant_lease(&base, 60).await;
+    let waiting = grant_lease(&base, 60).await;
     let _ = expiring;
     let (s, v) = post(
         &format!("{base}/v3/lease/revoke"),

@@ -298,14 +298,11 @@ async fn three_datacenters_mirror_puts_and_deletes_in_order() {
     assert!(poller.await.expect("poller") > 0);
 
     // A key whose lease expires at the source is deleted in the targets.
-    let (s, lease) = post(&format!("{u1}/v3/lease/grant"), &json!({"TTL": "1"}))
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{lease}");
+    let lease = grant_lease(u1, 1).await;
     let leased = format!("{PREFIX}leased");
     let (s, v) = post(
         &format!("{u1}/v3/kv/put"),
-        &json!({"key": b64(leased.as_bytes()), "value": b64(b"v"), "lease": lease["ID"]}),
+        &json!({"key": b64(leased.as_bytes()), "value": b64(b"v"), "lease": lease.to_string()}),
     )
     .await
     .unwrap();

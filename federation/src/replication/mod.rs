@@ -15,6 +15,7 @@ pub mod rules;
 pub(crate) mod source;
 
 use crate::Federation;
+use meridian_node::kv::mirror::MirrorRule;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,23 @@ pub struct Progress {
     pub resyncs: u64,
     /// Why the last stream ended, while retrying.
     pub error: Option<String>,
+}
+
+impl Progress {
+    fn new(rule: &MirrorRule) -> Progress {
+        Progress {
+            rule: rule.name.clone(),
+            source: rule.source.clone(),
+            epoch: rule.epoch,
+            state: "starting",
+            checkpoint: 0,
+            head: 0,
+            lag_revisions: 0,
+            lag_seconds: 0.0,
+            resyncs: 0,
+            error: None,
+        }
+    }
 }
 
 /// The replicators this server runs, and their progress.
@@ -95,22 +113,21 @@ pub(crate) async fn supervise(fed: Federation, mut stop: tokio::sync::watch::Rec
                 Err(e) => tracing::warn!(error = %e, "configured replication rules not stored yet"),
             }
         }
-        if !leading {
-            seeded = false;
-        }
-        if let Ok(rules) = node.mirror_rules() {
-            let forwards = rules
-                .values()
-                .any(|r| r.forward_writes && r.is_target(&own));
+        seeded &= leading;
+        let targeted = node.mirror_rules().map(|rules| {
+            rules
+                .into_iter()
+                .filter(|(_, r)| r.is_target(&own))
+                .collect::<BTreeMap<_, _>>()
+        });
+        if let Ok(targeted) = &targeted {
+            let forwards = targeted.values().any(|r| r.forward_writes);
             replication
                 .forwards_writes
                 .store(forwards, Ordering::Relaxed);
         }
-        let wanted: BTreeMap<String, _> = match (leading, node.mirror_rules()) {
-            (true, Ok(rules)) => rules
-                .into_iter()
-                .filter(|(_, r)| r.is_target(&own))
-                .collect(),
+        let wanted = match (leading, targeted) {
+            (true, Ok(targeted)) => targeted,
             _ => BTreeMap::new(),
         };
         running.retain(|name, (epoch, task)| {

@@ -7,7 +7,7 @@
 //! checkpoint first) ends the stream; the next one starts again from the
 //! committed checkpoint, so nothing is applied twice and nothing is skipped.
 
-use super::{Progress, Replication};
+use super::Replication;
 use crate::wire::{self, ChangeBatch, ChangesRequest, WanRequest, WanResponse};
 use crate::Federation;
 use meridian_node::kv::mirror::{MirrorBatch, MirrorChange, MirrorRule};
@@ -127,8 +127,9 @@ async fn stream(
             WanResponse::Snapshot(part) => {
                 replication.update(&rule.name, |p| p.state = "resyncing");
                 for (key, value) in part.keys {
-                    snapshot_bytes += key.len() + value.len();
-                    snapshot.push(MirrorChange::Put { key, value });
+                    let change = MirrorChange::Put { key, value };
+                    snapshot_bytes += change.payload_bytes();
+                    snapshot.push(change);
                 }
                 if snapshot_bytes > RESYNC_BYTES_MAX {
                     return Err(format!(
@@ -168,8 +169,9 @@ async fn stream(
                 });
             }
             WanResponse::Changes(first) => {
-                let (batch, head, next) = merge(first, &mut rx);
+                let (batch, next) = merge(first, &mut rx);
                 pending = next;
+                let head = batch.head;
                 let through = batch.through;
                 let count: usize = batch.revisions.iter().map(|(_, c)| c.len()).sum();
                 let worth = !batch.revisions.is_empty()
@@ -236,29 +238,28 @@ async fn stream(
 }
 
 /// Merges the change batches already queued behind `first` (up to
-/// [`PROPOSAL_BYTES`]); returns the merged batch, the newest source head,
-/// and a message taken from the queue that was not merged.
+/// [`PROPOSAL_BYTES`]); returns the merged batch (with the newest source
+/// head) and a message taken from the queue that was not merged.
 fn merge(
     first: ChangeBatch,
     rx: &mut tokio::sync::mpsc::Receiver<Result<WanResponse, String>>,
-) -> (ChangeBatch, i64, Option<WanResponse>) {
+) -> (ChangeBatch, Option<WanResponse>) {
     let mut batch = first;
     let mut bytes = bytes_of(&batch);
-    let mut head = batch.head;
     while bytes < PROPOSAL_BYTES {
         match rx.try_recv() {
             Ok(Ok(WanResponse::Changes(next))) => {
                 bytes += bytes_of(&next);
-                head = head.max(next.head);
+                batch.head = batch.head.max(next.head);
                 batch.through = batch.through.max(next.through);
                 batch.revisions.extend(next.revisions);
             }
-            Ok(Ok(other)) => return (batch, head, Some(other)),
-            Ok(Err(e)) => return (batch, head, Some(WanResponse::Refused(e))),
+            Ok(Ok(other)) => return (batch, Some(other)),
+            Ok(Err(e)) => return (batch, Some(WanResponse::Refused(e))),
             Err(_) => break,
         }
     }
-    (batch, head, None)
+    (batch, None)
 }
 
 fn bytes_of(batch: &ChangeBatch) -> usize {
@@ -266,10 +267,7 @@ fn bytes_of(batch: &ChangeBatch) -> usize {
         .revisions
         .iter()
         .flat_map(|(_, c)| c)
-        .map(|c| match c {
-            MirrorChange::Put { key, value } => key.len() + value.len(),
-            MirrorChange::Delete { key } => key.len(),
-        })
+        .map(MirrorChange::payload_bytes)
         .sum()
 }
 
@@ -278,22 +276,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-impl Progress {
-    pub(crate) fn new(rule: &MirrorRule) -> Progress {
-        Progress {
-            rule: rule.name.clone(),
-            source: rule.source.clone(),
-            epoch: rule.epoch,
-            state: "starting",
-            checkpoint: 0,
-            head: 0,
-            lag_revisions: 0,
-            lag_seconds: 0.0,
-            resyncs: 0,
-            error: None,
-        }
     }
 }

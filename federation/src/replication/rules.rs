@@ -9,6 +9,7 @@ use meridian_node::kv::mirror::{check_rule, Handover, MirrorRule};
 use meridian_node::kv::{Command, KvError, Outcome};
 use meridian_node::{Node, NodeError};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// Why a rule change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -200,20 +201,25 @@ pub fn from_config(name: &str, spec: &RuleSpec) -> MirrorRule {
     }
 }
 
-/// Stores the rules another DC told of that supersede ours (or that involve
-/// us and are new here).
-pub(crate) async fn adopt(node: &Node, own: &str, from: &str, incoming: Vec<MirrorRule>) {
-    let Ok(local) = node.mirror_rules() else {
-        return;
-    };
-    for rule in incoming {
-        let newer = match local.get(&rule.name) {
+/// Of the rules another DC told of, those that supersede ours (or that
+/// involve us and are new here).
+pub(crate) fn newer(
+    local: &BTreeMap<String, MirrorRule>,
+    own: &str,
+    incoming: Vec<MirrorRule>,
+) -> Vec<MirrorRule> {
+    incoming
+        .into_iter()
+        .filter(|rule| match local.get(&rule.name) {
             Some(l) => rule.supersedes(l),
             None => rule.involves(own) && !rule.deleted,
-        };
-        if !newer {
-            continue;
-        }
+        })
+        .collect()
+}
+
+/// Stores rules another DC told of (those [`newer`] picked).
+pub(crate) async fn adopt(node: &Node, from: &str, rules: Vec<MirrorRule>) {
+    for rule in rules {
         let name = rule.name.clone();
         let epoch = rule.epoch;
         match node.write(Command::SetRule(rule)).await {

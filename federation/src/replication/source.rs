@@ -124,19 +124,17 @@ async fn stream(
                 _ => batch.revisions.push((revision, vec![change])),
             }
         }
-        let moved = batch.through > after;
-        if !batch.revisions.is_empty() || (moved && last_sent.elapsed() >= HEARTBEAT) {
+        let covered = batch.through;
+        // Revisions with nothing under the prefix are said with the next batch or heartbeat.
+        if !batch.revisions.is_empty() || (covered > after && last_sent.elapsed() >= HEARTBEAT) {
             let frame = wire::encode(&WanResponse::Changes(batch));
             metrics
                 .send(dc, w, &frame)
                 .await
                 .map_err(|e| e.to_string())?;
-            after = through.max(after);
             last_sent = Instant::now();
-        } else if moved {
-            // Nothing under the prefix: covered, said with the next batch or heartbeat.
-            after = through;
         }
+        after = covered;
         if after < head {
             continue;
         }

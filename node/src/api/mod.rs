@@ -53,7 +53,7 @@ impl ApiError {
 }
 
 /// grpc-gateway's mapping from gRPC codes to HTTP statuses.
-fn http_status(code: i32) -> StatusCode {
+pub fn http_status(code: i32) -> StatusCode {
     match code {
         3 | 11 => StatusCode::BAD_REQUEST,
         9 => StatusCode::PRECONDITION_FAILED,

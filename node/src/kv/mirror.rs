@@ -132,16 +132,23 @@ pub struct MirrorBatch {
     pub revisions: Vec<(i64, Vec<MirrorChange>)>,
 }
 
+impl MirrorChange {
+    /// Bytes of the key and value it carries.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            MirrorChange::Put { key, value } => key.len() + value.len(),
+            MirrorChange::Delete { key } => key.len(),
+        }
+    }
+}
+
 impl MirrorBatch {
     /// Roughly how many bytes the batch takes in a log entry.
     pub fn payload_bytes(&self) -> usize {
         self.revisions
             .iter()
             .flat_map(|(_, c)| c)
-            .map(|c| match c {
-                MirrorChange::Put { key, value } => 16 + key.len() + value.len(),
-                MirrorChange::Delete { key } => 16 + key.len(),
-            })
+            .map(|c| 16 + c.payload_bytes())
             .sum()
     }
 }
@@ -683,37 +690,19 @@ mod tests {
             revision: 3,
         });
         {
+            // Local writes at revisions 2 and 3, then one after the handover.
             let mut w = s.env().write_txn().unwrap();
-            let mut k = KvWriter::new(s, &mut w).unwrap();
-            k.put(&PutRequest {
-                key: b"/g/a".to_vec(),
-                value: b"1".to_vec(),
-                ..Default::default()
-            })
-            .unwrap();
-            k.put(&PutRequest {
-                key: b"/g/gone".to_vec(),
-                value: b"x".to_vec(),
-                ..Default::default()
-            })
-            .unwrap();
-            k.finish().unwrap(); // revision 2
-            let mut k = KvWriter::new(s, &mut w).unwrap();
-            k.put(&PutRequest {
-                key: b"/g/late".to_vec(),
-                value: b"never mirrored".to_vec(),
-                ..Default::default()
-            })
-            .unwrap();
-            k.finish().unwrap(); // revision 3... and one more after the handover
-            let mut k = KvWriter::new(s, &mut w).unwrap();
-            k.put(&PutRequest {
-                key: b"/g/late".to_vec(),
-                value: b"lost".to_vec(),
-                ..Default::default()
-            })
-            .unwrap();
-            k.finish().unwrap();
+            for changes in [
+                vec![put("/g/a", "1"), put("/g/gone", "x")],
+                vec![put("/g/late", "never mirrored")],
+                vec![put("/g/late", "lost")],
+            ] {
+                let mut k = KvWriter::new(s, &mut w).unwrap();
+                for change in &changes {
+                    apply_change(&mut k, change).unwrap();
+                }
+                k.finish().unwrap();
+            }
             w.commit().unwrap();
         }
         set(&s, &promoted);

@@ -121,68 +121,27 @@ impl StateMachine {
         Ok((results, last, leases))
     }
 
-    /// Applies one command. A transaction runs in a nested LMDB transaction so
-    /// that an operation failing halfway leaves nothing behind; other commands
-    /// fail, if at all, before their first write.
+    /// Applies one command. A transaction and a replication command run in a
+    /// nested LMDB transaction so that one failing halfway leaves nothing
+    /// behind; other commands fail, if at all, before their first write.
     fn apply_command(&self, wtxn: &mut heed::RwTxn, command: &Command) -> Result<Applied, KvError> {
-        let env = self.store.env();
         let before = self.store.revision(wtxn)?;
-        if let Command::SetRule(_) | Command::Mirror(_) = command {
-            let mut nested = env.nested_write_txn(wtxn)?;
-            let outcome = match command {
-                Command::SetRule(rule) => mirror::set_rule(&self.store, &mut nested, rule)
-                    .map(|changed| Outcome::RuleSet { changed }),
-                Command::Mirror(batch) => {
-                    mirror::apply_batch(self.store, &mut nested, batch, &self.datacenter)
-                        .map(|_| Outcome::Mirrored)
-                }
-                _ => Ok(Outcome::Nothing),
-            };
-            return match outcome {
-                Ok(outcome) => {
-                    let revision = self.store.revision(&nested)?;
-                    nested.commit()?;
-                    Ok(Applied {
-                        revision,
-                        outcome: Ok(outcome),
-                    })
-                }
-                Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
-                Err(e) => {
-                    nested.abort();
-                    Ok(Applied {
-                        revision: before,
-                        outcome: Err(e),
-                    })
-                }
-            };
-        }
-        if let Command::Txn(_) = command {
-            let mut nested = env.nested_write_txn(wtxn)?;
-            let mut writer = KvWriter::new(self.store, &mut nested)?;
-            return match writer.apply(command) {
-                Ok(outcome) => {
-                    let revision = writer.finish()?;
-                    nested.commit()?;
-                    Ok(Applied {
-                        revision,
-                        outcome: Ok(outcome),
-                    })
-                }
-                Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
-                Err(e) => {
-                    nested.abort();
-                    Ok(Applied {
-                        revision: before,
-                        outcome: Err(e),
-                    })
-                }
-            };
-        }
-        let mut writer = KvWriter::new(self.store, wtxn)?;
-        match writer.apply(command) {
-            Ok(outcome) => Ok(Applied {
-                revision: writer.finish()?,
+        let store = self.store;
+        let result = match command {
+            Command::SetRule(rule) => self.nested(wtxn, |t| {
+                let changed = mirror::set_rule(&store, t, rule)?;
+                Ok((Outcome::RuleSet { changed }, store.revision(t)?))
+            }),
+            Command::Mirror(batch) => self.nested(wtxn, |t| {
+                let revision = mirror::apply_batch(store, t, batch, &self.datacenter)?;
+                Ok((Outcome::Mirrored, revision))
+            }),
+            Command::Txn(_) => self.nested(wtxn, |t| write(store, t, command)),
+            _ => write(store, wtxn, command),
+        };
+        match result {
+            Ok((outcome, revision)) => Ok(Applied {
+                revision,
                 outcome: Ok(outcome),
             }),
             Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
@@ -193,9 +152,34 @@ impl StateMachine {
         }
     }
 
+    /// Runs `f` in a transaction nested in `wtxn`, kept only if `f` succeeds.
+    fn nested(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        f: impl FnOnce(&mut heed::RwTxn) -> Result<(Outcome, i64), KvError>,
+    ) -> Result<(Outcome, i64), KvError> {
+        let mut nested = self.store.env().nested_write_txn(wtxn)?;
+        let result = f(&mut nested);
+        if result.is_ok() {
+            nested.commit()?;
+        }
+        result
+    }
+
     fn current_snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(CURRENT_SNAPSHOT)
     }
+}
+
+/// Runs a client write; returns its outcome and the revision after it.
+fn write(
+    store: KvStore,
+    txn: &mut heed::RwTxn,
+    command: &Command,
+) -> Result<(Outcome, i64), KvError> {
+    let mut writer = KvWriter::new(store, txn)?;
+    let outcome = writer.apply(command)?;
+    Ok((outcome, writer.finish()?))
 }
 
 fn snapshot_error(verb: ErrorVerb, e: SnapshotError) -> StorageError {

@@ -106,18 +106,22 @@ fn rule_path(name: &str) -> Result<String> {
     Ok(format!("/v1/federation/replication/{name}"))
 }
 
-/// `NAME prefix=P source=S targets=A,B epoch=N role=R [checkpoint=C] [lag=L]`.
-pub fn rule_line(rule: &Value) -> String {
-    let s = |k: &str| rule[k].as_str().unwrap_or("?").to_string();
-    let targets = rule["targets"]
-        .as_array()
-        .map(|t| {
-            t.iter()
+/// The strings of a JSON array, comma-separated.
+fn comma_joined(list: &Value) -> String {
+    list.as_array()
+        .map(|l| {
+            l.iter()
                 .filter_map(Value::as_str)
                 .collect::<Vec<_>>()
                 .join(",")
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// `NAME prefix=P source=S targets=A,B epoch=N role=R [checkpoint=C] [lag=L]`.
+pub fn rule_line(rule: &Value) -> String {
+    let s = |k: &str| rule[k].as_str().unwrap_or("?").to_string();
+    let targets = comma_joined(&rule["targets"]);
     let mut out = format!(
         "{} prefix={} source={} targets={} epoch={} role={}",
         s("name"),
@@ -152,15 +156,7 @@ pub fn rule_line(rule: &Value) -> String {
 
 fn line(dc: &Value) -> String {
     let name = dc["name"].as_str().unwrap_or("?");
-    let servers = dc["servers"]
-        .as_array()
-        .map(|s| {
-            s.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+    let servers = comma_joined(&dc["servers"]);
     if dc["local"] == Value::Bool(true) {
         return format!("{name} local servers={servers}");
     }

@@ -335,6 +335,18 @@ pub async fn put(base: &str, key: &str, value: &str) -> Result<(u16, Value), Str
     .await
 }
 
+/// Grants a lease with a server-chosen id; returns the id.
+pub async fn grant_lease(base: &str, ttl: i64) -> i64 {
+    let (s, v) = post(
+        &format!("{base}/v3/lease/grant"),
+        &json!({"TTL": ttl.to_string()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    v["ID"].as_str().unwrap().parse().unwrap()
+}
+
 /// Serializable or linearizable range of one key; returns the value if present.
 pub async fn get(base: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>, String> {
     let (status, v) = post(
