@@ -38,6 +38,8 @@ pub struct FederationConfig {
     /// Replication rules by name, stored at epoch 1 by the DC's leader when
     /// the DC does not know the rule yet (API changes and promotions win).
     pub replication: BTreeMap<String, RuleSpec>,
+    /// The service catalog's settings.
+    pub catalog: crate::CatalogConfig,
 }
 
 impl Default for FederationConfig {
@@ -48,6 +50,7 @@ impl Default for FederationConfig {
             probe_interval: Duration::from_secs(1),
             advertise_wan_addr: None,
             replication: BTreeMap::new(),
+            catalog: crate::CatalogConfig::default(),
         }
     }
 }

@@ -168,7 +168,7 @@ pub(crate) fn error(
         .into_response()
 }
 
-async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
+pub(crate) async fn forward(fed: &Federation, dc: &str, req: Request) -> Response {
     let shared = &fed.shared;
     let metrics = &shared.metrics;
     if !shared.links.knows(dc) {

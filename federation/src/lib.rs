@@ -8,12 +8,15 @@
 //!   that datacenter's own API, streaming both ways (watches included).
 //! - [`replication`]: prefixes mirrored from a source datacenter to targets,
 //!   each batch applied with its checkpoint in one Raft entry.
+//! - [`catalog`]: service instances with leases and health checks, and
+//!   lookups that fail over to the nearest datacenter with healthy ones.
 //! - `/v1/datacenters` and `/v1/federation/replication`: the directory and
 //!   the rules as JSON.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod api;
+pub mod catalog;
 mod config;
 pub mod forward;
 pub mod links;
@@ -21,6 +24,7 @@ mod metrics;
 pub mod replication;
 mod wire;
 
+pub use catalog::CatalogConfig;
 pub use config::{FederationConfig, FederationError};
 pub use links::{LinkError, LinkStatus};
 pub use replication::rules::RuleSpec;
@@ -51,6 +55,14 @@ struct Shared {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
+impl Shared {
+    fn federation(self: &Arc<Self>) -> Federation {
+        Federation {
+            shared: self.clone(),
+        }
+    }
+}
+
 impl Federation {
     /// Joins the federation: admits the configured datacenters on the WAN
     /// protocol, serves their requests with `local` (the node's API) and
@@ -78,8 +90,19 @@ impl Federation {
             own_wan: config.advertise_wan_addr.clone(),
         });
         let links = links::Links::new(own, endpoint.clone(), &config, side, metrics.clone());
-        let federation = Federation {
-            shared: Arc::new(Shared {
+        let catalog_metrics = metrics::CatalogMetrics::register(node.metrics().registry())?;
+        let mut catalog = None;
+        let shared = Arc::new_cyclic(|weak| {
+            let c = catalog::Catalog::new(
+                node.clone(),
+                config.catalog.clone(),
+                catalog_metrics,
+                weak.clone(),
+            );
+            // The catalog's routes serve forwarded requests too.
+            let local = local.merge(c.routes());
+            catalog = Some(c);
+            Shared {
                 node,
                 config,
                 links,
@@ -87,8 +110,9 @@ impl Federation {
                 metrics,
                 replication: Arc::default(),
                 stop: tokio::sync::watch::channel(false).0,
-            }),
-        };
+            }
+        });
+        let federation = shared.federation();
         let serving = federation.clone();
         endpoint.register_streams(
             meridian_gateway::ALPN_WAN,
@@ -98,6 +122,9 @@ impl Federation {
             }),
         );
         federation.shared.links.start();
+        if let Some(catalog) = catalog {
+            catalog.start(federation.shared.stop.subscribe());
+        }
         tokio::spawn(replication::supervise(
             federation.clone(),
             federation.shared.stop.subscribe(),

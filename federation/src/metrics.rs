@@ -187,3 +187,86 @@ impl FederationMetrics {
             .inc_by(bytes as u64);
     }
 }
+
+/// The service catalog: instances, checks and lookups.
+#[derive(Clone)]
+pub struct CatalogMetrics {
+    /// Registered instances by service and status (as this server reads them).
+    pub instances: IntGaugeVec,
+    /// Probes and lapsed TTL checks by check type and outcome.
+    pub checks: IntCounterVec,
+    /// Time a probe took, by check type.
+    pub check_duration: HistogramVec,
+    /// Lookups by outcome (local, failover, none, error).
+    pub lookups: IntCounterVec,
+    /// Datacenters asked by failover lookups, by datacenter and outcome
+    /// (found, none, error).
+    pub failover_hops: IntCounterVec,
+}
+
+impl CatalogMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> Result<CatalogMetrics, prometheus::Error> {
+        let m = CatalogMetrics {
+            instances: IntGaugeVec::new(
+                Opts::new(
+                    "meridian_catalog_instances",
+                    "Registered service instances in this datacenter, by service and health status.",
+                ),
+                &["service", "status"],
+            )?,
+            checks: IntCounterVec::new(
+                Opts::new(
+                    "meridian_catalog_checks_total",
+                    "Health checks this server ran (and TTL checks it found lapsed), by type (http, tcp, ttl) and outcome (passing, warning, critical).",
+                ),
+                &["type", "outcome"],
+            )?,
+            check_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "meridian_catalog_check_duration_seconds",
+                    "Time an HTTP or TCP health check took, by type.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["type"],
+            )?,
+            lookups: IntCounterVec::new(
+                Opts::new(
+                    "meridian_catalog_lookups_total",
+                    "Service lookups answered by this server, by outcome (local, failover, none, error).",
+                ),
+                &["outcome"],
+            )?,
+            failover_hops: IntCounterVec::new(
+                Opts::new(
+                    "meridian_catalog_failover_hops_total",
+                    "Other datacenters asked by failover lookups, by datacenter and outcome (found, none, error).",
+                ),
+                &["dc", "outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.instances.clone()))?;
+        registry.register(Box::new(m.checks.clone()))?;
+        registry.register(Box::new(m.check_duration.clone()))?;
+        registry.register(Box::new(m.lookups.clone()))?;
+        registry.register(Box::new(m.failover_hops.clone()))?;
+        Ok(m)
+    }
+
+    /// Sets the instance gauges from a read of the whole catalog.
+    pub fn observe_instances(&self, snapshot: &crate::catalog::store::Snapshot) {
+        let mut counts: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+        for ((service, _), entry) in &snapshot.entries {
+            *counts
+                .entry((service.as_str(), entry.health.status.as_str()))
+                .or_default() += 1;
+        }
+        self.instances.reset();
+        for ((service, status), n) in counts {
+            self.instances.with_label_values(&[service, status]).set(n);
+        }
+    }
+}

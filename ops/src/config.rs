@@ -36,6 +36,25 @@ struct FileConfig {
     lease: LeaseSection,
     #[serde(default)]
     federation: FederationSection,
+    #[serde(default)]
+    catalog: CatalogSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CatalogSection {
+    lookup_timeout_ms: u64,
+    checker_ttl_seconds: i64,
+}
+
+impl Default for CatalogSection {
+    fn default() -> Self {
+        let d = meridian_federation::CatalogConfig::default();
+        CatalogSection {
+            lookup_timeout_ms: d.lookup_timeout.as_millis() as u64,
+            checker_ttl_seconds: d.checker_ttl_seconds,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,7 +223,20 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
         probe_interval: Duration::from_millis(fed.probe_interval_ms),
         advertise_wan_addr: fed.advertise_wan_addr.clone(),
         replication: fed.replication.clone(),
+        catalog: meridian_federation::CatalogConfig {
+            lookup_timeout: Duration::from_millis(f.catalog.lookup_timeout_ms),
+            checker_ttl_seconds: f.catalog.checker_ttl_seconds,
+        },
     };
+    if f.catalog.lookup_timeout_ms == 0 {
+        return Err(bad(
+            "catalog.lookup_timeout_ms",
+            "must be greater than zero",
+        ));
+    }
+    if f.catalog.checker_ttl_seconds < 1 {
+        return Err(bad("catalog.checker_ttl_seconds", "must be 1 or more"));
+    }
     federation.validate(&f.datacenter).map_err(|e| match e {
         meridian_federation::FederationError::Invalid { key, reason } => {
             bad(&format!("federation.{key}"), &reason)

@@ -47,6 +47,10 @@ enum Command {
     Status(cli::client::Endpoints),
     /// The federation: datacenters and their WAN links.
     Federation(cli::federation::Args),
+    /// The service catalog: register, deregister, list, health, report.
+    Service(cli::service::Args),
+    /// Healthy instances of a service, failing over to other datacenters.
+    Lookup(cli::service::LookupArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -82,6 +86,8 @@ fn main() {
             Command::Member(a) => cli::member::run(a).await,
             Command::Status(a) => cli::member::status(a).await,
             Command::Federation(a) => cli::federation::run(a).await,
+            Command::Service(a) => cli::service::run(a).await,
+            Command::Lookup(a) => cli::service::lookup(a).await,
         }
     });
     if let Err(e) = result {

@@ -107,7 +107,7 @@ fn rule_path(name: &str) -> Result<String> {
 }
 
 /// The strings of a JSON array, comma-separated.
-fn comma_joined(list: &Value) -> String {
+pub(crate) fn comma_joined(list: &Value) -> String {
     list.as_array()
         .map(|l| {
             l.iter()

@@ -7,4 +7,5 @@ pub mod dev;
 pub mod federation;
 pub mod kv;
 pub mod member;
+pub mod service;
 pub mod tls;
