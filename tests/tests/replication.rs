@@ -9,70 +9,10 @@ mod support;
 use meridian_tests::udp_proxy::{Conditions, UdpProxy};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::*;
 
 const PREFIX: &str = "/global/";
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A DC to launch: its name, its servers' ports, and the WAN address each
-/// other DC uses for it (its own QUIC ports unless a proxy sits in front).
-struct Plan {
-    name: &'static str,
-    ports: Vec<(u16, u16)>,
-    seen_at: Vec<SocketAddr>,
-}
-
-impl Plan {
-    fn new(name: &'static str, servers: usize) -> Plan {
-        let ports: Vec<(u16, u16)> = (0..servers).map(|_| free_ports()).collect();
-        let seen_at = ports.iter().map(|p| local(p.1)).collect();
-        Plan {
-            name,
-            ports,
-            seen_at,
-        }
-    }
-}
-
-/// The `[federation]` section of `plan`'s servers: every other DC as a peer,
-/// and `rules` (TOML tables) appended.
-fn section(plans: &[Plan], me: usize, server: usize, rules: &str) -> String {
-    let mut s = format!(
-        "[federation]\nforward_timeout_ms = 1500\nprobe_interval_ms = 200\nadvertise_wan_addr = \"{}\"\n[federation.peers]\n",
-        plans[me].seen_at[server]
-    );
-    for (i, p) in plans.iter().enumerate() {
-        if i != me {
-            let seeds: Vec<String> = p.seen_at.iter().map(|a| format!("\"{a}\"")).collect();
-            s.push_str(&format!("{} = [{}]\n", p.name, seeds.join(", ")));
-        }
-    }
-    s.push_str(rules);
-    s
-}
-
-async fn launch(plans: &[Plan], rules: &str) -> Vec<Cluster> {
-    let mut out: Vec<Cluster> = Vec::new();
-    for (i, plan) in plans.iter().enumerate() {
-        let cluster = Cluster::launch(Spec {
-            datacenter: plan.name.into(),
-            ports: plan.ports.clone(),
-            tuning: RaftTuning::default(),
-            ca_from: out.first().map(Cluster::tls_dir),
-            extra: (0..plan.ports.len())
-                .map(|s| section(plans, i, s, rules))
-                .collect(),
-        })
-        .await;
-        out.push(cluster);
-    }
-    out
-}
 
 fn rule_toml(name: &str, prefix: &str, source: &str, targets: &[&str]) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
@@ -202,18 +142,6 @@ async fn rules(base: &str) -> Value {
     get_json(&format!("{base}/v1/federation/replication"))
         .await
         .expect("rules")
-}
-
-async fn send(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, url)
-        .timeout(Duration::from_secs(10));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// Waits (at most 20 s) until `base` knows rule `name` at `epoch` or above.

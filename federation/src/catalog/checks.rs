@@ -138,7 +138,7 @@ pub(super) async fn run(catalog: Catalog, mut stop: tokio::sync::watch::Receiver
                 slot.in_flight = false;
             }
             if let Some(entry) = snapshot.entries.get(&outcome.name) {
-                if entry.health.status != outcome.status {
+                if entry.health.changes_to(outcome.status) {
                     change(&catalog, entry, outcome.status, &outcome.output, false).await;
                 }
             }

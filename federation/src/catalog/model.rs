@@ -141,6 +141,10 @@ pub struct Health {
     pub by: String,
     /// The latest transitions, oldest first, at most [`HISTORY_MAX`].
     pub history: Vec<Transition>,
+    /// Whether a probe or report has set it (false while it still holds
+    /// the status given at registration).
+    #[serde(default)]
+    pub checked: bool,
 }
 
 impl Health {
@@ -169,7 +173,14 @@ impl Health {
                 at_ms: now_ms,
                 by: by.to_string(),
             }],
+            checked: false,
         }
+    }
+
+    /// Whether a result of `status` is news: another status, or the first
+    /// result at all.
+    pub fn changes_to(&self, status: Status) -> bool {
+        self.status != status || !self.checked
     }
 
     /// This record moved to `status`, with the transition in its history.
@@ -189,6 +200,7 @@ impl Health {
             since_ms: now_ms,
             by: by.to_string(),
             history,
+            checked: true,
         }
     }
 }

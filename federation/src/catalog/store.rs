@@ -370,7 +370,7 @@ pub async fn report(
         Some(lease) => node.lease_keep_alive(lease).await?.1 > 0,
         None => false,
     };
-    let changed = entry.health.status != status;
+    let changed = entry.health.changes_to(status);
     if renewed && !changed {
         return Ok(status);
     }
