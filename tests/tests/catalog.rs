@@ -621,6 +621,36 @@ async fn consul_blocking_queries_wait_for_a_catalog_change() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert!(new_index > index);
     assert_eq!(body, json!({"db": ["primary"]}));
+    // The fields Consul clients (Prometheus' Consul discovery among them)
+    // read, with the types they parse.
+    let r = reqwest::get(format!("{base}/v1/health/service/db"))
+        .await
+        .expect("health");
+    for header in ["x-consul-index", "x-consul-lastcontact"] {
+        let v = r.headers()[header].to_str().expect("header");
+        assert!(v.parse::<u64>().is_ok(), "{header}: {v}");
+    }
+    let entries: Value = r.json().await.expect("json");
+    let e = &entries[0];
+    assert_eq!(e["Node"]["Node"], "db");
+    assert_eq!(e["Node"]["Address"], "127.0.0.1");
+    assert_eq!(e["Node"]["Datacenter"], "dc1");
+    assert!(e["Node"]["TaggedAddresses"].is_object() && e["Node"]["Meta"].is_object());
+    assert_eq!(e["Service"]["ID"], "db");
+    assert_eq!(e["Service"]["Service"], "db");
+    assert_eq!(e["Service"]["Address"], "127.0.0.1");
+    assert_eq!(e["Service"]["Port"], 5432);
+    assert_eq!(e["Service"]["Tags"], json!(["primary"]));
+    assert!(e["Service"]["Meta"].is_object() && e["Checks"].is_array());
+    let listed = get_json(&format!("{base}/v1/catalog/service/db?tag=primary"))
+        .await
+        .expect("catalog");
+    assert_eq!(listed[0]["ServiceAddress"], "127.0.0.1");
+    assert_eq!(listed[0]["ServicePort"], 5432);
+    let agent = get_json(&format!("{base}/v1/agent/self"))
+        .await
+        .expect("self");
+    assert_eq!(agent["Config"]["Datacenter"], "dc1");
     let (status, v) = send(
         reqwest::Method::GET,
         &format!("{base}/v1/catalog/services?wait=forever"),
@@ -628,4 +658,178 @@ async fn consul_blocking_queries_wait_for_a_catalog_change() {
     )
     .await;
     assert_eq!(status, 400, "{v}");
+}
+
+/// A running scraper (Prometheus or VictoriaMetrics' vmagent, from Debian's
+/// packages), stopped on drop.
+struct Scraper {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program` with its config; `args` gets the config path, the
+/// data directory and the listen address.
+fn start_scraper(
+    program: &str,
+    config: &str,
+    args: impl Fn(&std::path::Path, &std::path::Path, &str) -> Vec<String>,
+) -> Scraper {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scrape.yml");
+    std::fs::write(&path, config).expect("write config");
+    let listen = format!("127.0.0.1:{}", free_ports().0);
+    let log = std::fs::File::create(dir.path().join("scraper.log")).expect("log");
+    let child = std::process::Command::new(program)
+        .args(args(&path, &dir.path().join("data"), &listen))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (installed by .ci/run from Debian's packages): {e}"));
+    Scraper {
+        child,
+        url: format!("http://{listen}"),
+        _dir: dir,
+    }
+}
+
+/// (datacenter, service id) of the scraper's active targets, read from the
+/// discovered labels `<prefix>dc`/`datacenter` and `<prefix>service_id`.
+async fn discovered(scraper: &str, dc_label: &str, id_label: &str) -> BTreeSet<(String, String)> {
+    let Ok(v) = get_json(&format!("{scraper}/api/v1/targets")).await else {
+        return BTreeSet::new();
+    };
+    v["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let labels = &t["discoveredLabels"];
+            Some((
+                labels[dc_label].as_str()?.to_string(),
+                labels[id_label].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Registers api-1 and api-2 in dc1 and api-3 in dc2, waits until the
+/// scraper finds exactly them, deregisters api-2 and waits until it is gone.
+async fn discovery_follows_the_catalog(
+    dcs: &[Cluster],
+    scraper: impl Fn(&str) -> Scraper,
+    dc_label: &str,
+    id_label: &str,
+) {
+    let (dc1, dc2) = (dcs[0].url(0), dcs[1].url(0));
+    for (base, id) in [(dc1, "api-1"), (dc1, "api-2"), (dc2, "api-3")] {
+        let (status, v) = register(
+            base,
+            json!({"service": "api", "id": id, "address": "127.0.0.1", "port": free_ports().0, "tags": ["metrics"]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let scraper = scraper(dc1);
+    let mut want: BTreeSet<(String, String)> =
+        [("dc1", "api-1"), ("dc1", "api-2"), ("dc2", "api-3")]
+            .iter()
+            .map(|(d, i)| (d.to_string(), i.to_string()))
+            .collect();
+    let wait = |want: BTreeSet<(String, String)>| {
+        let url = scraper.url.clone();
+        async move {
+            let mut last = BTreeSet::new();
+            for _ in 0..300 {
+                last = discovered(&url, dc_label, id_label).await;
+                if last == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("discovered {last:?}, not {want:?}");
+        }
+    };
+    wait(want.clone()).await;
+    let (status, v) = send(
+        reqwest::Method::PUT,
+        &format!("{dc1}/v1/catalog/deregister"),
+        Some(json!({"service": "api", "id": "api-2"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    want.remove(&("dc1".to_string(), "api-2".to_string()));
+    wait(want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_service_discovery_finds_the_instances_of_two_datacenters() {
+    let plans = [Plan::new("dc1", 1), Plan::new("dc2", 1)];
+    let dcs = launch(&plans, &catalog_section()).await;
+    // VictoriaMetrics' vmagent runs Prometheus' `consul_sd_configs` with its
+    // own Consul client (blocking queries on /v1/catalog/services and
+    // /v1/health/service); both jobs ask dc1's server, the dc2 one with
+    // dc=dc2, forwarded over the WAN link.
+    let vmagent = |dc1: &str| {
+        let server = dc1.trim_start_matches("http://");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n\
+             - job_name: dc1\n  consul_sd_configs:\n  - server: '{server}'\n\
+             - job_name: dc2\n  consul_sd_configs:\n  - server: '{server}'\n    datacenter: dc2\n"
+        );
+        start_scraper("vmagent", &config, |config, data, listen| {
+            vec![
+                format!("-promscrape.config={}", config.display()),
+                format!("-httpListenAddr={listen}"),
+                // How often vmagent applies what its watchers learnt.
+                "-promscrape.consulSDCheckInterval=1s".to_string(),
+                // Nowhere to send samples: a closed loopback port.
+                "-remoteWrite.url=http://127.0.0.1:9/api/v1/write".to_string(),
+                format!("-remoteWrite.tmpDataPath={}", data.display()),
+            ]
+        })
+    };
+    discovery_follows_the_catalog(
+        &dcs,
+        vmagent,
+        "__meta_consul_dc",
+        "__meta_consul_service_id",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_discovers_the_instances_of_two_datacenters_through_http_service_discovery() {
+    let plans = [Plan::new("dc1", 1), Plan::new("dc2", 1)];
+    let dcs = launch(&plans, &catalog_section()).await;
+    // Debian's Prometheus is built without Consul discovery; its HTTP
+    // discovery reads /v1/catalog/prometheus (the dc2 job through dc=dc2).
+    let prometheus = |dc1: &str| {
+        let config = format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n\
+             - job_name: dc1\n  http_sd_configs:\n  - url: '{dc1}/v1/catalog/prometheus?service=api'\n    refresh_interval: 1s\n\
+             - job_name: dc2\n  http_sd_configs:\n  - url: '{dc1}/v1/catalog/prometheus?service=api&dc=dc2'\n    refresh_interval: 1s\n"
+        );
+        start_scraper("prometheus", &config, |config, data, listen| {
+            vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", data.display()),
+                format!("--web.listen-address={listen}"),
+            ]
+        })
+    };
+    discovery_follows_the_catalog(
+        &dcs,
+        prometheus,
+        "__meta_meridian_datacenter",
+        "__meta_meridian_service_id",
+    )
+    .await;
 }

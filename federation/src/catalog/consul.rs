@@ -6,6 +6,10 @@
 //! - `GET /v1/health/service/<name>`: its instances with their checks
 //!   (`passing` keeps only passing ones), plus Meridian's status history.
 //!
+//! And for Prometheus builds without Consul discovery (Debian's among them):
+//! `GET /v1/catalog/prometheus`, the target groups of Prometheus' HTTP
+//! service discovery (`http_sd_configs`).
+//!
 //! Each answer carries `X-Consul-Index` (the revision read),
 //! `X-Consul-KnownLeader` and `X-Consul-LastContact`. Blocking queries work
 //! as Consul's: with `index=N` the answer waits (up to `wait`, default 5 min,
@@ -35,6 +39,7 @@ pub(super) fn routes(catalog: Catalog) -> Router {
         .route("/v1/catalog/services", get(services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
         .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/catalog/prometheus", get(prometheus_sd))
         .with_state(catalog)
 }
 
@@ -137,6 +142,56 @@ async fn health_service(
             .map(|e| health_entry(e, dc))
             .collect();
         json!(list)
+    })
+    .await
+}
+
+/// Prometheus' HTTP service discovery (`http_sd_configs`): one target group
+/// per instance, with `__meta_meridian_*` labels (`service=`, `tag=` and
+/// `passing` filter).
+async fn prometheus_sd(State(catalog): State<Catalog>, Query(q): Params) -> Response {
+    let tags = wanted_tags(&q);
+    let service = q.get("service").cloned();
+    let passing = q
+        .get("passing")
+        .is_some_and(|v| !matches!(v.as_str(), "false" | "0"));
+    respond(&catalog, service.as_deref(), &q, |snapshot, dc| {
+        let groups: Vec<Value> = snapshot
+            .entries
+            .values()
+            .filter(|e| has_tags(e, &tags))
+            .filter(|e| !passing || e.health.status == Status::Passing)
+            .map(|e| {
+                let i = &e.instance;
+                let host = if i.address.contains(':') {
+                    format!("[{}]:{}", i.address, i.port)
+                } else {
+                    format!("{}:{}", i.address, i.port)
+                };
+                let mut labels = serde_json::Map::new();
+                for (k, v) in [
+                    ("datacenter", dc.to_string()),
+                    ("service", i.service.clone()),
+                    ("service_id", i.id.clone()),
+                    ("node", i.node.clone()),
+                    ("address", i.address.clone()),
+                    ("port", i.port.to_string()),
+                    ("tags", format!(",{},", i.tags.join(","))),
+                    ("health", e.health.status.as_str().to_string()),
+                ] {
+                    labels.insert(format!("__meta_meridian_{k}"), json!(v));
+                }
+                for (k, v) in &i.meta {
+                    let name: String = k
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect();
+                    labels.insert(format!("__meta_meridian_service_meta_{name}"), json!(v));
+                }
+                json!({ "targets": [host], "labels": labels })
+            })
+            .collect();
+        json!(groups)
     })
     .await
 }
