@@ -1,7 +1,8 @@
 //! Running checks, spread over the datacenter's servers.
 //!
-//! Each server announces itself under `checkers/<name>` with a short lease
-//! it keeps alive. Every server reads the catalog from its own state a few
+//! While the catalog holds any check, each server announces itself under
+//! `checkers/<name>` with a short lease it keeps alive (a datacenter that
+//! does not use checks gets no such keys). Every server reads the catalog from its own state a few
 //! times a second and runs the checks it owns: an instance belongs to the
 //! announced server with the highest hash of (server, service, id), so the
 //! checks spread evenly, every server agrees without talking, and when a
@@ -25,8 +26,13 @@ const TICK: Duration = Duration::from_millis(200);
 /// Longest check output kept.
 const OUTPUT_MAX: usize = 512;
 
-/// Keeps this server announced as a checker while it runs.
-pub(super) async fn announce(catalog: Catalog, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Keeps this server announced as a checker while the catalog holds checks
+/// (`needed`, from the runner's reads) and the server runs.
+pub(super) async fn announce(
+    catalog: Catalog,
+    mut needed: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let node = &catalog.node;
     let ttl = catalog
         .config
@@ -36,6 +42,10 @@ pub(super) async fn announce(catalog: Catalog, mut stop: tokio::sync::watch::Rec
     let renew_every = Duration::from_millis((ttl as u64 * 1000) / 3);
     let retry = Duration::from_millis(500);
     loop {
+        tokio::select! {
+            wanted = needed.wait_for(|n| *n) => if wanted.is_err() { return },
+            _ = stop.changed() => return,
+        }
         let announced = async {
             let (_, lease, _) = node.lease_grant(0, ttl).await.ok()?;
             node.put(PutRequest {
@@ -57,12 +67,17 @@ pub(super) async fn announce(catalog: Catalog, mut stop: tokio::sync::watch::Rec
                 _ = stop.changed() => return,
             }
         };
-        // Renew until a renewal fails for longer than the lease could last.
+        // Renew until no check is left (then withdraw), or until renewals
+        // fail for longer than the lease could last.
         let mut failing_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(renew_every) => {}
                 _ = stop.changed() => return,
+            }
+            if !*needed.borrow() {
+                let _ = node.lease_revoke(lease).await;
+                break;
             }
             match node.lease_keep_alive(lease).await {
                 Ok((_, granted)) if granted > 0 => failing_since = None,
@@ -94,8 +109,13 @@ struct Slot {
     in_flight: bool,
 }
 
-/// Runs the checks this server owns until `stop`.
-pub(super) async fn run(catalog: Catalog, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Runs the checks this server owns until `stop`; tells `needed` whether
+/// the catalog holds any check.
+pub(super) async fn run(
+    catalog: Catalog,
+    needed: tokio::sync::watch::Sender<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let client = match reqwest::Client::builder().no_proxy().build() {
         Ok(c) => c,
         Err(e) => {
@@ -118,6 +138,13 @@ pub(super) async fn run(catalog: Catalog, mut stop: tokio::sync::watch::Receiver
             }
         };
         catalog.metrics.observe_instances(&snapshot);
+        needed.send_if_modified(|n| {
+            let now = snapshot
+                .entries
+                .values()
+                .any(|e| e.instance.check.is_some());
+            std::mem::replace(n, now) != now
+        });
         let me = catalog.server();
         if !snapshot.checkers.iter().any(|c| c == me) {
             slots.clear();

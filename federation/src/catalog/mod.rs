@@ -143,8 +143,9 @@ impl Catalog {
 
     /// Starts this server's check runner and checker announcement.
     pub(crate) fn start(&self, stop: tokio::sync::watch::Receiver<bool>) {
-        tokio::spawn(checks::announce(self.clone(), stop.clone()));
-        tokio::spawn(checks::run(self.clone(), stop));
+        let (needed, needed_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(checks::announce(self.clone(), needed_rx, stop.clone()));
+        tokio::spawn(checks::run(self.clone(), needed, stop));
     }
 
     fn datacenter(&self) -> &str {
