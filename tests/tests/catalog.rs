@@ -216,12 +216,14 @@ async fn checks_follow_real_servers_spread_over_the_servers_and_critical_instanc
     http.abort();
     let _ = http.await;
     let took = wait_status(&base, "api", "http", "critical", 10).await;
+    eprintln!("HTTP server stopped -> critical in {took:?}");
     assert!(
         took < Duration::from_millis(bound),
         "HTTP check took {took:?}"
     );
     drop(tcp_listener);
     let took = wait_status(&base, "api", "tcp", "critical", 10).await;
+    eprintln!("TCP listener closed -> critical in {took:?}");
     assert!(
         took < Duration::from_millis(bound),
         "TCP check took {took:?}"
@@ -419,6 +421,7 @@ async fn lookups_fail_over_to_the_nearest_datacenter_and_a_cut_one_costs_one_tim
     to_dc3.set(quick, quick);
     to_dc2.cut(true);
     let (status, v, took) = lookup(dc1, "?failover=dc2,dc3").await;
+    eprintln!("lookup past a cut dc2 answered by dc3 in {took:?}");
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["datacenter"], "dc3", "{v}");
     assert_eq!(v["tried"][1]["datacenter"], "dc2", "{v}");
@@ -429,6 +432,7 @@ async fn lookups_fail_over_to_the_nearest_datacenter_and_a_cut_one_costs_one_tim
     );
     // Only dc2, cut: a clear error within the timeout.
     let (status, v, took) = lookup(dc1, "?failover=dc2").await;
+    eprintln!("lookup with only a cut dc2 failed in {took:?}");
     assert_eq!(status, 503, "{v}");
     let message = v["message"].as_str().unwrap_or("");
     assert!(

@@ -42,6 +42,11 @@ async fn register(State(catalog): State<Catalog>, body: Bytes) -> Response {
         }))
     }
     .await;
+    respond(result)
+}
+
+/// A JSON answer, or the error in the API's format.
+fn respond(result: Result<serde_json::Value, CatalogError>) -> Response {
     match result {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -66,10 +71,7 @@ async fn deregister(State(catalog): State<Catalog>, body: Bytes) -> Response {
         }))
     }
     .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    respond(result)
 }
 
 #[derive(Deserialize)]
@@ -104,8 +106,5 @@ async fn report(
         Ok(json!({ "service": service, "id": id, "status": status }))
     }
     .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    respond(result)
 }

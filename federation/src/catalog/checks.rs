@@ -125,19 +125,29 @@ pub(super) async fn run(
     };
     let (tx, mut rx) = mpsc::channel::<Outcome>(1024);
     let mut slots: HashMap<(String, String), Slot> = HashMap::new();
+    let mut snapshot: Option<Snapshot> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = stop.changed() => return,
         }
-        let snapshot = match store::read(&catalog.node, None, true).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "catalog unreadable; checks wait");
-                continue;
+        // Read again only when something was written since the last read.
+        let current = catalog.node.revisions().map_or(-1, |(r, _)| r);
+        if !matches!(&snapshot, Some(s) if s.revision == current) {
+            match store::read(&catalog.node, None, true).await {
+                Ok(s) => {
+                    catalog.metrics.observe_instances(&s);
+                    snapshot = Some(s);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "catalog unreadable; checks wait");
+                    continue;
+                }
             }
+        }
+        let Some(snapshot) = &snapshot else {
+            continue;
         };
-        catalog.metrics.observe_instances(&snapshot);
         needed.send_if_modified(|n| {
             let now = snapshot
                 .entries
@@ -175,10 +185,10 @@ pub(super) async fn run(
                 .entries
                 .get(name)
                 .is_some_and(|e| e.instance.check.as_ref() == Some(&slot.check))
-                && owner(&snapshot, name) == Some(me)
+                && owner(snapshot, name) == Some(me)
         });
         for (name, entry) in &snapshot.entries {
-            if owner(&snapshot, name) != Some(me) {
+            if owner(snapshot, name) != Some(me) {
                 continue;
             }
             let Some(check) = &entry.instance.check else {

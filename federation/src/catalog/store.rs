@@ -15,8 +15,8 @@
 use super::model::{Health, Instance, Probe, Status, Valid};
 use super::CatalogError;
 use meridian_node::kv::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    prefix_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
 };
 use meridian_node::Node;
 use std::collections::BTreeMap;
@@ -32,18 +32,6 @@ pub fn key(part: &str, service: &str, id: &str) -> Vec<u8> {
 /// The key announcing a server as a checker.
 pub fn checker_key(server: &str) -> Vec<u8> {
     format!("{PREFIX}checkers/{server}").into_bytes()
-}
-
-/// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// Milliseconds since the Unix epoch.
