@@ -206,7 +206,6 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let id = raft::member_id(&config.name);
         let names: Vec<String> = config.initial_members.keys().cloned().collect();
-        let cluster_id = raft::cluster_id(&config.datacenter, &names);
         let metrics = Arc::new(
             Metrics::new(&config.datacenter, &config.name)
                 .map_err(|e| NodeError::Storage(e.to_string()))?,
@@ -221,6 +220,29 @@ impl Node {
         let log_store =
             LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
         let kv = KvStore::open(state_env)?;
+        let cluster_id = match crate::backup::restored(&kv)
+            .map_err(|e| NodeError::Storage(e.to_string()))?
+        {
+            None => raft::cluster_id(&config.datacenter, &names),
+            Some(r) => {
+                if r.name != config.name || r.members != names {
+                    return Err(NodeError::Config(format!(
+                        "{} was restored for server {:?} of members [{}], but this configuration is server {:?} of members [{}]",
+                        config.data_dir.display(),
+                        r.name,
+                        r.members.join(", "),
+                        config.name,
+                        names.join(", ")
+                    )));
+                }
+                raft::restored_cluster_id(
+                    &config.datacenter,
+                    &names,
+                    &r.source_cluster_id,
+                    r.revision,
+                )
+            }
+        };
         let revisions = Arc::new(tokio::sync::watch::channel(0).0);
         let start_revision = {
             let rtxn = state_env
@@ -861,6 +883,40 @@ impl Node {
             crate::kv::mirror::checkpoint(store, &rtxn, rule)?,
             crate::kv::mirror::orphans(store, &rtxn, rule)?,
         ))
+    }
+
+    /// Writes a backup of this server's state (consistent, taken without
+    /// pausing writes) to a scratch file in its snapshot directory; the
+    /// caller streams and removes it.
+    pub async fn backup(&self) -> Result<(std::path::PathBuf, crate::backup::Manifest), NodeError> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let inner = &node.inner;
+            let path = crate::backup::scratch_path(&inner.config.data_dir);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| NodeError::Storage(e.to_string()))?;
+            }
+            let mut members = node.members();
+            members.sort_by(|a, b| a.name.cmp(&b.name));
+            let manifest = crate::backup::write(&inner.store, &path, |m| {
+                m.datacenter = inner.config.datacenter.clone();
+                m.cluster_id = inner.cluster_id.to_string();
+                m.server = inner.config.name.clone();
+                m.members = members
+                    .into_iter()
+                    .map(|m| crate::backup::ManifestMember {
+                        name: m.name,
+                        peer_addr: m.peer_addr,
+                        client_url: m.client_url,
+                        learner: m.is_learner,
+                    })
+                    .collect();
+            })
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+            Ok((path, manifest))
+        })
+        .await
+        .map_err(|e| NodeError::Storage(e.to_string()))?
     }
 
     /// This server's QUIC endpoint (Raft peers and other datacenters).

@@ -51,6 +51,8 @@ enum Command {
     Service(cli::service::Args),
     /// Healthy instances of a service, failing over to other datacenters.
     Lookup(cli::service::LookupArgs),
+    /// Backups: save from a server, check, restore into a new datacenter.
+    Snapshot(cli::snapshot::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -88,6 +90,7 @@ fn main() {
             Command::Federation(a) => cli::federation::run(a).await,
             Command::Service(a) => cli::service::run(a).await,
             Command::Lookup(a) => cli::service::lookup(a).await,
+            Command::Snapshot(a) => cli::snapshot::run(a).await,
         }
     });
     if let Err(e) = result {

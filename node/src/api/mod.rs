@@ -2,6 +2,7 @@
 //! API, and `/health`, `/ready`, `/version`, `/metrics`. Handlers decode,
 //! validate and call the node's typed operations; they never touch storage.
 
+mod admin;
 mod concurrency;
 mod json;
 mod lease;
@@ -147,6 +148,7 @@ pub fn router(node: Node) -> Router {
         )
         .route("/v1/watch/{*key}", get(watch::watch_sse))
         .route("/v1/status", get(v1::status))
+        .route("/admin/snapshot", post(admin::snapshot))
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -194,6 +196,7 @@ fn route_label(path: &str) -> &'static str {
         "/v3/election/leader" => "/v3/election/leader",
         "/v3/election/observe" => "/v3/election/observe",
         "/v1/status" => "/v1/status",
+        "/admin/snapshot" => "/admin/snapshot",
         "/version" => "/version",
         "/health" => "/health",
         "/ready" => "/ready",

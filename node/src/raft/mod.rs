@@ -5,7 +5,7 @@
 mod log_store;
 pub(crate) mod network;
 mod proposer;
-mod snapshot;
+pub(crate) mod snapshot;
 mod state_machine;
 mod types;
 
@@ -13,4 +13,5 @@ pub use log_store::{LogObserver, LogStore};
 pub use network::{PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};
 pub use state_machine::{ApplyObserver, StateMachine};
+pub(crate) use state_machine::{META_APPLIED, META_MEMBERSHIP};
 pub use types::*;

@@ -53,13 +53,21 @@ impl<W: Write> HashingWriter<W> {
     }
 }
 
+/// What a written snapshot holds: openraft's meta, and the revisions read
+/// in the same transaction as the rows.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The meta in the file's header.
+    pub meta: SnapshotMeta<u64, Member>,
+    /// The store's revision in the snapshot.
+    pub revision: i64,
+    /// The compacted revision in the snapshot.
+    pub compacted_revision: i64,
+}
+
 /// Writes a snapshot of `store` to `path`; `meta_of` builds openraft's meta
 /// from the applied log id and membership read in the same transaction.
-pub fn write_snapshot<F>(
-    store: &KvStore,
-    path: &Path,
-    meta_of: F,
-) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
+pub fn write_snapshot<F>(store: &KvStore, path: &Path, meta_of: F) -> Result<Written, SnapshotError>
 where
     F: FnOnce(Option<super::LogId>, super::StoredMembership) -> SnapshotMeta<u64, Member>,
 {
@@ -74,6 +82,8 @@ where
         .map_err(|e| storage(&e))?
         .unwrap_or_default();
     let meta = meta_of(applied, membership);
+    let revision = store.revision(&rtxn).map_err(|e| storage(&e))?;
+    let compacted_revision = store.compacted_revision(&rtxn).map_err(|e| storage(&e))?;
     let file = std::fs::File::create(path)?;
     let mut w = HashingWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
@@ -104,7 +114,11 @@ where
         .into_inner()
         .map_err(|e| SnapshotError::Io(e.into_error()))?;
     file.sync_all()?;
-    Ok(meta)
+    Ok(Written {
+        meta,
+        revision,
+        compacted_revision,
+    })
 }
 
 struct Reader<R: Read> {
@@ -150,12 +164,27 @@ fn read_header<R: Read>(r: &mut Reader<R>) -> Result<SnapshotMeta<u64, Member>, 
 
 /// Visits every row of a snapshot file, then checks its count and checksum.
 /// Returns the header; a visitor error or a corrupt file stops the walk.
-fn walk<F>(path: &Path, mut visit: F) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
+fn walk<F>(path: &Path, visit: F) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
+where
+    F: FnMut(u8, &[u8], &[u8]) -> Result<(), SnapshotError>,
+{
+    walk_reader(
+        BufReader::with_capacity(1 << 20, std::fs::File::open(path)?),
+        visit,
+    )
+}
+
+/// [`walk`] over a snapshot read from `input` (which must end where the
+/// snapshot does).
+pub(crate) fn walk_reader<R: Read, F>(
+    input: R,
+    mut visit: F,
+) -> Result<SnapshotMeta<u64, Member>, SnapshotError>
 where
     F: FnMut(u8, &[u8], &[u8]) -> Result<(), SnapshotError>,
 {
     let mut r = Reader {
-        inner: BufReader::with_capacity(1 << 20, std::fs::File::open(path)?),
+        inner: input,
         sum: Checksum::new(),
     };
     let meta = read_header(&mut r)?;
@@ -194,18 +223,35 @@ where
 
 /// Checks a snapshot file end to end without touching any store.
 pub fn verify(path: &Path) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
-    walk(path, |table, _, _| {
-        if table as usize >= crate::kv::TABLES {
-            return Err(SnapshotError::Corrupt(format!("unknown table {table}")));
-        }
-        Ok(())
-    })
+    walk(path, known_table)
+}
+
+/// A visitor that accepts the rows of known tables only.
+pub(crate) fn known_table(table: u8, _: &[u8], _: &[u8]) -> Result<(), SnapshotError> {
+    if table as usize >= crate::kv::TABLES {
+        return Err(SnapshotError::Corrupt(format!("unknown table {table}")));
+    }
+    Ok(())
 }
 
 /// Replaces the contents of `store` with the snapshot at `path`, in one write
 /// transaction, after verifying the whole file.
 pub fn install(store: &KvStore, path: &Path) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
     verify(path)?;
+    install_from(store, || {
+        Ok(BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(path)?,
+        ))
+    })
+}
+
+/// Replaces the contents of `store` with the snapshot `open` reads, in one
+/// write transaction (the caller has verified it).
+pub(crate) fn install_from<R: Read>(
+    store: &KvStore,
+    open: impl FnOnce() -> Result<R, SnapshotError>,
+) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
     let storage = |e: &dyn std::fmt::Display| SnapshotError::Storage(e.to_string());
     let env = store.env();
     let mut wtxn = env.write_txn().map_err(|e| storage(&e))?;
@@ -213,7 +259,7 @@ pub fn install(store: &KvStore, path: &Path) -> Result<SnapshotMeta<u64, Member>
     for (_, table) in &tables {
         table.clear(&mut wtxn).map_err(|e| storage(&e))?;
     }
-    let meta = walk(path, |table, k, v| {
+    let meta = walk_reader(open()?, |table, k, v| {
         let (_, db) = tables
             .get(table as usize)
             .ok_or_else(|| SnapshotError::Corrupt(format!("unknown table {table}")))?;

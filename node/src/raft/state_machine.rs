@@ -210,7 +210,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                         last_membership,
                         snapshot_id,
                     }
-                })?;
+                })?
+                .meta;
             std::fs::rename(&tmp, this.current_snapshot_path())?;
             Ok::<_, SnapshotError>(meta)
         })

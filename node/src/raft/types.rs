@@ -75,6 +75,21 @@ pub fn cluster_id(datacenter: &str, member_names: &[String]) -> u64 {
     fnv64(&bytes)
 }
 
+/// The cluster id of a datacenter seeded from a backup: its own id mixed
+/// with the source's cluster id and revision, so it differs from the source
+/// while every member restored from the same backup agrees.
+pub fn restored_cluster_id(
+    datacenter: &str,
+    member_names: &[String],
+    source_cluster_id: &str,
+    revision: i64,
+) -> u64 {
+    let mut bytes = cluster_id(datacenter, member_names).to_be_bytes().to_vec();
+    bytes.extend_from_slice(source_cluster_id.as_bytes());
+    bytes.extend_from_slice(&revision.to_be_bytes());
+    fnv64(&bytes)
+}
+
 fn fnv64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for &b in bytes {

@@ -8,4 +8,5 @@ pub mod federation;
 pub mod kv;
 pub mod member;
 pub mod service;
+pub mod snapshot;
 pub mod tls;

@@ -108,6 +108,12 @@ impl Cluster {
 
     /// Starts a datacenter as `spec` says and waits until it is ready.
     pub async fn launch(spec: Spec) -> Cluster {
+        Self::launch_prepared(spec, |_, _| {}).await
+    }
+
+    /// As [`Cluster::launch`], after `prepare(data_dir, name)` has run for
+    /// each server (e.g. restoring a backup into its data directory).
+    pub async fn launch_prepared(spec: Spec, prepare: impl Fn(&Path, &str)) -> Cluster {
         let size = spec.ports.len();
         let dir = tempfile::tempdir().expect("tempdir");
         let names: Vec<String> = (1..=size).map(|i| format!("n{i}")).collect();
@@ -163,6 +169,9 @@ impl Cluster {
             });
         }
         let mut cluster = Cluster { dir, servers };
+        for name in &names {
+            prepare(&cluster.dir.path().join(name), name);
+        }
         for i in 0..size {
             cluster.spawn(i);
         }
