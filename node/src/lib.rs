@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod compactor;
 pub mod concurrency;
 pub mod config;
 pub mod kv;

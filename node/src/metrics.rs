@@ -50,6 +50,8 @@ pub struct Metrics {
     pub leases: IntGauge,
     /// Leases granted through this server.
     pub lease_grants: IntCounter,
+    /// Compactions this server proposed, by trigger (api, admin, auto).
+    pub compactions: IntCounterVec,
     /// Leases revoked by clients through this server.
     pub lease_revokes: IntCounter,
     /// Leases this server revoked as leader because they expired.
@@ -125,6 +127,14 @@ impl Metrics {
             &["route", "code"],
         )?;
         registry.register(Box::new(api_requests.clone()))?;
+        let compactions = IntCounterVec::new(
+            Opts::new(
+                "meridian_compactions_total",
+                "Compactions this server proposed, by trigger (api: etcd's Compact; admin: /admin/compact; auto: retention).",
+            ),
+            &["trigger"],
+        )?;
+        registry.register(Box::new(compactions.clone()))?;
         let api_duration = HistogramVec::new(
             secs(
                 "meridian_api_request_duration_seconds",
@@ -198,6 +208,7 @@ impl Metrics {
                 "Watch responses queued for clients and not yet taken (bounded per stream).",
             )?,
             leases: g("meridian_leases", "Leases that exist.")?,
+            compactions,
             lease_grants: c(
                 "meridian_lease_grants_total",
                 "Leases granted through this server.",

@@ -350,6 +350,7 @@ impl Node {
         node.refresh_store_metrics();
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(drive_leases(node.clone()));
+        tokio::spawn(crate::compactor::run(node.clone()));
         tokio::spawn(feed_recent(node.clone()));
         Ok(node)
     }

@@ -6,6 +6,7 @@
 use anyhow::{bail, Context, Result};
 use meridian_federation::FederationConfig;
 use meridian_gateway::tls::TlsPaths;
+use meridian_node::compactor::{CompactionSettings, Retention};
 use meridian_node::config::{InitialMember, LeaseSettings, Limits, RaftSettings, WatchSettings};
 use meridian_node::NodeConfig;
 use serde::Deserialize;
@@ -38,6 +39,17 @@ struct FileConfig {
     federation: FederationSection,
     #[serde(default)]
     catalog: CatalogSection,
+    #[serde(default)]
+    compaction: CompactionSection,
+}
+
+/// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct CompactionSection {
+    mode: Option<String>,
+    retention: Option<String>,
+    interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,7 +315,9 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
     if f.lease.min_ttl_seconds < 1 {
         return Err(bad("lease.min_ttl_seconds", "must be at least 1"));
     }
+    let compaction = compaction_settings(&f.compaction).map_err(|(k, why)| bad(k, &why))?;
     let node = NodeConfig {
+        compaction,
         lease: LeaseSettings {
             min_ttl_seconds: f.lease.min_ttl_seconds,
         },
@@ -344,4 +358,64 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
         },
     };
     Ok(ServerConfig { node, federation })
+}
+
+/// The `[compaction]` section as etcd reads its flags: `periodic` keeps a
+/// time window (`"1h"`, `"30m"`; a bare number is hours, as in etcd),
+/// `revision` keeps a number of revisions.
+fn compaction_settings(
+    c: &CompactionSection,
+) -> std::result::Result<CompactionSettings, (&'static str, String)> {
+    let retention = match (c.mode.as_deref(), c.retention.as_deref()) {
+        (None | Some("off"), None) => Retention::Off,
+        (None | Some("off"), Some(_)) => {
+            return Err((
+                "compaction.mode",
+                "set it to \"periodic\" or \"revision\" to use compaction.retention".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err((
+                "compaction.retention",
+                "required with compaction.mode".into(),
+            ))
+        }
+        (Some("periodic"), Some(r)) => {
+            let window = match r.trim().parse::<u64>() {
+                Ok(hours) => Some(Duration::from_secs(hours * 3600)),
+                Err(_) => meridian_node::config::parse_duration(r),
+            };
+            match window {
+                Some(w) if !w.is_zero() => Retention::Periodic(w),
+                _ => {
+                    return Err((
+                        "compaction.retention",
+                        format!("{r:?} is not a window greater than zero (e.g. \"1h\", \"30m\")"),
+                    ))
+                }
+            }
+        }
+        (Some("revision"), Some(r)) => match r.trim().parse::<i64>() {
+            Ok(n) if n > 0 => Retention::Revision(n),
+            _ => {
+                return Err((
+                    "compaction.retention",
+                    format!("{r:?} is not a number of revisions greater than zero"),
+                ))
+            }
+        },
+        (Some(other), Some(_)) => {
+            return Err((
+                "compaction.mode",
+                format!("{other:?} is not off, periodic or revision"),
+            ))
+        }
+    };
+    if c.interval_ms == Some(0) {
+        return Err(("compaction.interval_ms", "must be greater than zero".into()));
+    }
+    Ok(CompactionSettings {
+        retention,
+        interval: c.interval_ms.map(Duration::from_millis),
+    })
 }

@@ -53,6 +53,8 @@ enum Command {
     Lookup(cli::service::LookupArgs),
     /// Backups: save from a server, check, restore into a new datacenter.
     Snapshot(cli::snapshot::Args),
+    /// Remove history below a revision, or all but the latest N revisions.
+    Compact(cli::compact::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -91,6 +93,7 @@ fn main() {
             Command::Service(a) => cli::service::run(a).await,
             Command::Lookup(a) => cli::service::lookup(a).await,
             Command::Snapshot(a) => cli::snapshot::run(a).await,
+            Command::Compact(a) => cli::compact::run(a).await,
         }
     });
     if let Err(e) = result {

@@ -1,13 +1,19 @@
-//! Admin endpoints: `POST /admin/snapshot` streams a backup of this
-//! server's state (see [`crate::backup`] for the format).
+//! Admin endpoints:
+//! - `POST /admin/snapshot` streams a backup of this server's state (see
+//!   [`crate::backup`] for the format);
+//! - `POST /admin/compact` with `{"revision": N}` or `{"keep": N}` removes
+//!   history below a revision, or all but the latest N revisions.
 
 use super::ApiError;
+use crate::kv::CompactionRequest;
 use crate::server::Node;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use bytes::Bytes;
+use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 /// A backup, taken without pausing writes, streamed as it is on disk. The
@@ -54,4 +60,66 @@ pub(super) async fn snapshot(State(node): State<Node>) -> Response {
         HeaderValue::from(manifest.revision),
     );
     response
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Compact {
+    revision: Option<i64>,
+    keep: Option<i64>,
+}
+
+/// Compacts at a revision, or keeping the latest `keep` revisions. With
+/// `keep`, nothing to remove is not an error (`"compacted": false`).
+pub(super) async fn compact(State(node): State<Node>, body: Bytes) -> Response {
+    let request: Compact = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return ApiError::invalid(format!("bad JSON body: {e}")).into_response(),
+    };
+    let (current, compacted) = match node.revisions() {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let target = match (request.revision, request.keep) {
+        (Some(r), None) => r,
+        (None, Some(k)) if k >= 0 => {
+            let target = current - k;
+            if target <= compacted {
+                return Json(json!({
+                    "compacted": false,
+                    "compacted_revision": compacted,
+                    "revision": current,
+                }))
+                .into_response();
+            }
+            target
+        }
+        (None, Some(k)) => {
+            return ApiError::invalid(format!("keep: {k} is negative")).into_response()
+        }
+        _ => return ApiError::invalid("give exactly one of revision or keep").into_response(),
+    };
+    let started = std::time::Instant::now();
+    match node
+        .compact(CompactionRequest {
+            revision: target,
+            physical: true,
+        })
+        .await
+    {
+        Ok(h) => {
+            node.metrics()
+                .compactions
+                .with_label_values(&["admin"])
+                .inc();
+            Json(json!({
+                "compacted": true,
+                "compacted_revision": target,
+                "revision": h.revision,
+                "took_ms": started.elapsed().as_millis() as u64,
+            }))
+            .into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }

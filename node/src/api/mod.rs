@@ -149,6 +149,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/watch/{*key}", get(watch::watch_sse))
         .route("/v1/status", get(v1::status))
         .route("/admin/snapshot", post(admin::snapshot))
+        .route("/admin/compact", post(admin::compact))
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -197,6 +198,7 @@ fn route_label(path: &str) -> &'static str {
         "/v3/election/observe" => "/v3/election/observe",
         "/v1/status" => "/v1/status",
         "/admin/snapshot" => "/admin/snapshot",
+        "/admin/compact" => "/admin/compact",
         "/version" => "/version",
         "/health" => "/health",
         "/ready" => "/ready",

@@ -132,6 +132,7 @@ pub(super) async fn compaction(
     let body = read_body(&node, body).await?;
     let req = wire::compaction_request(&wire::object(&body)?)?;
     let h = node.compact(req).await?;
+    node.metrics().compactions.with_label_values(&["api"]).inc();
     Ok(Json(json!({ "header": wire::header(&h) })))
 }
 

@@ -135,6 +135,7 @@ pub async fn run(args: Args) -> Result<()> {
                 limits: Limits::default(),
                 watch: Default::default(),
                 lease: Default::default(),
+                compaction: Default::default(),
             };
             running.push(crate::server::start(config, federation.clone()).await?);
             say(format_args!(

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod compact;
 pub mod coord;
 pub mod dev;
 pub mod federation;

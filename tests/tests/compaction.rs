@@ -1,0 +1,173 @@
+//! Compaction on real servers: automatic retention by revisions and by a
+//! time window (etcd's auto-compaction modes) keeps exactly the history it
+//! should; `/admin/compact` and `meridian compact` compact by revision or
+//! by keeping the latest N; bad requests change nothing.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::*;
+
+async fn launch(servers: usize, compaction: &str) -> Cluster {
+    let ports: Vec<(u16, u16)> = (0..servers).map(|_| free_ports()).collect();
+    Cluster::launch(Spec {
+        datacenter: "test".into(),
+        ports,
+        tuning: RaftTuning::default(),
+        ca_from: None,
+        extra: vec![compaction.to_string(); servers],
+    })
+    .await
+}
+
+async fn status(base: &str) -> Value {
+    get_json(&format!("{base}/v1/status"))
+        .await
+        .expect("status")
+}
+
+/// The revision a put answered with.
+async fn put_rev(base: &str, key: &str, value: &str) -> i64 {
+    let (code, v) = put(base, key, value).await.expect("put");
+    assert_eq!(code, 200, "{v}");
+    v["header"]["revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .expect("revision")
+}
+
+/// A range of `key` at `revision`: the HTTP status.
+async fn read_at(base: &str, key: &str, revision: i64) -> (u16, Value) {
+    post(
+        &format!("{base}/v3/kv/range"),
+        &json!({"key": b64(key.as_bytes()), "revision": revision}),
+    )
+    .await
+    .expect("range")
+}
+
+async fn wait_compacted(base: &str, at_least: i64) -> i64 {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        last = status(base).await;
+        let c = last["compacted_revision"].as_i64().unwrap_or(0);
+        if c >= at_least {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never compacted to {at_least}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_retention_keeps_the_latest_revisions_on_every_server() {
+    let dc = launch(
+        3,
+        "[compaction]\nmode = \"revision\"\nretention = \"20\"\ninterval_ms = 200\n",
+    )
+    .await;
+    let mut last = 0;
+    for i in 0..100 {
+        last = put_rev(dc.url(i % 3), "/c", &format!("v{i}")).await;
+    }
+    for i in 0..3 {
+        let compacted = wait_compacted(dc.url(i), last - 20).await;
+        assert!(compacted <= last - 20, "server {i} compacted {compacted}");
+    }
+    let (code, v) = read_at(dc.url(0), "/c", last - 10).await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = read_at(dc.url(1), "/c", last - 50).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("compacted"),
+        "{v}"
+    );
+    let leader = dc.leader().await;
+    let page = metrics_page(dc.url(leader)).await;
+    assert!(
+        metric_in(&page, "meridian_compactions_total{trigger=\"auto\"}") >= 1.0,
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_retention_keeps_the_window() {
+    let dc = launch(
+        1,
+        "[compaction]\nmode = \"periodic\"\nretention = \"2s\"\ninterval_ms = 200\n",
+    )
+    .await;
+    let base = dc.url(0).to_string();
+    let first = put_rev(&base, "/p", "first").await;
+    let start = Instant::now();
+    let mut writes = Vec::new();
+    while start.elapsed() < Duration::from_millis(3500) {
+        writes.push((Instant::now(), put_rev(&base, "/p", "x").await));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let compacted = wait_compacted(&base, first).await;
+    assert!(compacted > first);
+    // Everything written within the last second (well inside the 2 s
+    // window) is still readable at its revision.
+    let end = Instant::now();
+    for (at, rev) in &writes {
+        if end.duration_since(*at) < Duration::from_millis(1000) {
+            let (code, v) = read_at(&base, "/p", *rev).await;
+            assert_eq!(code, 200, "revision {rev} inside the window: {v}");
+        }
+    }
+    let (code, _) = read_at(&base, "/p", first).await;
+    assert_eq!(code, 400, "the first write is older than the window");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_compaction_obeys_its_request_and_refuses_bad_ones() {
+    let dc = launch(1, "").await;
+    let base = dc.url(0).to_string();
+    for i in 0..20 {
+        put_rev(&base, "/m", &format!("v{i}")).await;
+    }
+    let admin = |body: Value| {
+        let url = format!("{base}/admin/compact");
+        async move { post(&url, &body).await.expect("compact") }
+    };
+    let current = status(&base).await["revision"].as_i64().expect("revision");
+    let (code, v) = admin(json!({"keep": 3})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["compacted"], true, "{v}");
+    assert_eq!(v["compacted_revision"], json!(current - 3), "{v}");
+    let (code, v) = admin(json!({"keep": 1000})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["compacted"], false, "{v}");
+    for bad in [
+        json!({"revision": current + 100}),
+        json!({"revision": 2}),
+        json!({"keep": -1}),
+        json!({"revision": 5, "keep": 5}),
+        json!({}),
+        json!({"when": "now"}),
+    ] {
+        let (code, v) = admin(bad.clone()).await;
+        assert_eq!(code, 400, "{bad}: {v}");
+    }
+    assert_eq!(
+        status(&base).await["compacted_revision"],
+        json!(current - 3)
+    );
+    let last = put_rev(&base, "/p", "y").await;
+    let out = std::process::Command::new(binary())
+        .args(["compact", &(last - 1).to_string(), "--endpoints", &base])
+        .output()
+        .expect("meridian compact");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("compacted_revision={}", last - 1)),
+        "{said}"
+    );
+}
