@@ -112,10 +112,14 @@ impl Metrics {
             Ok(m)
         };
         let build = IntGauge::with_opts(
-            Opts::new("meridian_build_info", "Build information; always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION"))
-                .const_label("datacenter", datacenter)
-                .const_label("name", name),
+            Opts::new(
+                "meridian_build_info",
+                "Build information (version, source commit, datacenter, server name); always 1.",
+            )
+            .const_label("version", env!("CARGO_PKG_VERSION"))
+            .const_label("commit", env!("MERIDIAN_COMMIT"))
+            .const_label("datacenter", datacenter)
+            .const_label("name", name),
         )?;
         build.set(1);
         registry.register(Box::new(build))?;

@@ -28,6 +28,10 @@ const RESYNC_BYTES_MAX: usize = 48 * 1024 * 1024;
 /// Runs the rule's replicator until aborted (the supervisor aborts it when
 /// this server stops leading or the rule changes), retrying with backoff.
 pub(crate) async fn run(fed: Federation, replication: Arc<Replication>, rule: MirrorRule) {
+    // Exported from the start at 0, so rates and alerts see the first error.
+    let metrics = &fed.shared.metrics;
+    metrics.replication_errors.with_label_values(&[&rule.name]);
+    metrics.replication_changes.with_label_values(&[&rule.name]);
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
