@@ -134,6 +134,9 @@ pub struct NodeConfig {
     pub lease: LeaseSettings,
     /// Automatic compaction.
     pub compaction: crate::compactor::CompactionSettings,
+    /// Joins a datacenter that exists (etcd's `initial-cluster-state =
+    /// existing`): never bootstraps; waits to be added as a learner.
+    pub join_existing: bool,
 }
 
 /// A duration as Go and Consul write them: a number and a unit (`ns`, `us`,

@@ -13,6 +13,7 @@ pub mod concurrency;
 pub mod config;
 pub mod kv;
 pub mod lessor;
+pub mod membership;
 pub mod metrics;
 pub mod raft;
 mod recent;

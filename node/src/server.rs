@@ -53,6 +53,12 @@ pub enum NodeError {
     /// The key-value store refused the request.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// A membership change was refused: unsafe, or asked of a follower.
+    #[error("{0}")]
+    MembershipRefused(String),
+    /// The member named does not exist.
+    #[error("{0}")]
+    MemberNotFound(String),
 }
 
 impl NodeError {
@@ -66,6 +72,8 @@ impl NodeError {
             | NodeError::Stopped
             | NodeError::Transport(_) => UNAVAILABLE,
             NodeError::Timeout => DEADLINE_EXCEEDED,
+            NodeError::MembershipRefused(_) => FAILED_PRECONDITION,
+            NodeError::MemberNotFound(_) => NOT_FOUND,
             NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Config(_) => INTERNAL,
         }
     }
@@ -357,6 +365,9 @@ impl Node {
 
     async fn bootstrap_once(&self) -> Result<(), NodeError> {
         let inner = &self.inner;
+        if inner.config.join_existing {
+            return Ok(());
+        }
         if !inner
             .config
             .initial_members
@@ -918,6 +929,14 @@ impl Node {
         })
         .await
         .map_err(|e| NodeError::Storage(e.to_string()))?
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub(crate) fn network(&self) -> &PeerNetwork {
+        &self.inner.network
     }
 
     /// This server's QUIC endpoint (Raft peers and other datacenters).

@@ -26,6 +26,8 @@ struct FileConfig {
     advertise_client_url: Option<String>,
     advertise_peer_addr: Option<String>,
     initial_members: BTreeMap<String, MemberSpec>,
+    #[serde(default)]
+    initial_cluster_state: Option<String>,
     tls: TlsSection,
     #[serde(default)]
     raft: RaftSection,
@@ -255,10 +257,20 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
         }
         other => anyhow::anyhow!(other),
     })?;
-    if !f.initial_members.contains_key(&f.name) {
+    let join_existing = match f.initial_cluster_state.as_deref() {
+        None | Some("new") => false,
+        Some("existing") => true,
+        Some(other) => {
+            return Err(bad(
+                "initial_cluster_state",
+                &format!("{other:?} is not \"new\" or \"existing\""),
+            ))
+        }
+    };
+    if !join_existing && !f.initial_members.contains_key(&f.name) {
         return Err(bad(
             "initial_members",
-            "must include this server's own name",
+            "must include this server's own name (or set initial_cluster_state = \"existing\" to join a running datacenter)",
         ));
     }
     let mut initial_members = BTreeMap::new();
@@ -318,6 +330,7 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
     let compaction = compaction_settings(&f.compaction).map_err(|(k, why)| bad(k, &why))?;
     let node = NodeConfig {
         compaction,
+        join_existing,
         lease: LeaseSettings {
             min_ttl_seconds: f.lease.min_ttl_seconds,
         },

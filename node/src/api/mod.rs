@@ -6,6 +6,7 @@ mod admin;
 mod concurrency;
 mod json;
 mod lease;
+mod members;
 mod v1;
 mod v3;
 mod watch;
@@ -148,6 +149,9 @@ pub fn router(node: Node) -> Router {
         )
         .route("/v1/watch/{*key}", get(watch::watch_sse))
         .route("/v1/status", get(v1::status))
+        .route("/v1/members", get(members::list).post(members::add))
+        .route("/v1/members/{name}", axum::routing::delete(members::remove))
+        .route("/v1/members/{name}/promote", post(members::promote))
         .route("/admin/snapshot", post(admin::snapshot))
         .route("/admin/compact", post(admin::compact))
         .route("/version", get(version))
@@ -198,6 +202,7 @@ fn route_label(path: &str) -> &'static str {
         "/v3/election/observe" => "/v3/election/observe",
         "/v1/status" => "/v1/status",
         "/admin/snapshot" => "/admin/snapshot",
+        "/v1/members" => "/v1/members",
         "/admin/compact" => "/admin/compact",
         "/version" => "/version",
         "/health" => "/health",

@@ -136,6 +136,7 @@ pub async fn run(args: Args) -> Result<()> {
                 watch: Default::default(),
                 lease: Default::default(),
                 compaction: Default::default(),
+                join_existing: false,
             };
             running.push(crate::server::start(config, federation.clone()).await?);
             say(format_args!(

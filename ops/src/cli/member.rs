@@ -1,4 +1,4 @@
-//! `meridian member list` and `meridian status`.
+//! `meridian member list | add | promote | remove` and `meridian status`.
 
 use super::client::Endpoints;
 use anyhow::Result;
@@ -15,8 +15,62 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// List the members: id, name, peer address, client URL, role.
+    /// List the members: id, name, peer address, client URL, role, then
+    /// version, applied index and lag behind the leader's log.
     List,
+    /// Add a server (started with `initial_cluster_state = "existing"`) as
+    /// a learner; it catches up by log or snapshot.
+    Add {
+        /// Its name (also the name in its certificate).
+        name: String,
+        /// Its peer (QUIC) address, host:port.
+        #[arg(long)]
+        peer_addr: String,
+        /// Its client URL.
+        #[arg(long)]
+        client_url: String,
+        /// Add it as a learner (the only way in; promote it once it has caught up).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Make a learner a voter (refused while it is far behind).
+    Promote {
+        /// Its name.
+        name: String,
+    },
+    /// Remove a member (refused if the voters left would not make a quorum).
+    Remove {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The leader's client URL, as any endpoint tells it.
+async fn leader(endpoints: &Endpoints) -> Result<Endpoints> {
+    let v = endpoints.get("/v1/members").await?;
+    let id = s(&v, "leader");
+    let url = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| s(m, "id") == id)
+        .map(|m| s(m, "client_url"))
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no leader is known now; retry shortly"))?;
+    Ok(Endpoints {
+        endpoints: vec![url],
+        dc: endpoints.dc.clone(),
+    })
+}
+
+fn member_line(m: &Value) -> String {
+    format!(
+        "{} {} role={} lag={}",
+        s(m, "name"),
+        s(m, "id"),
+        s(m, "role"),
+        m["lag"]
+    )
 }
 
 fn s(v: &Value, k: &str) -> String {
@@ -53,15 +107,74 @@ pub async fn run(args: Args) -> Result<()> {
                 } else {
                     "voter"
                 };
+                // The leader's view of its log, and the member's own status.
+                let lag = match leader(&args.endpoints).await {
+                    Ok(l) => l
+                        .get("/v1/members")
+                        .await
+                        .ok()
+                        .and_then(|v| {
+                            v["members"]
+                                .as_array()?
+                                .iter()
+                                .find(|x| s(x, "name") == s(m, "name"))
+                                .map(|x| x["lag"].to_string())
+                        })
+                        .unwrap_or_else(|| "?".into()),
+                    Err(_) => "?".into(),
+                };
+                let own = Endpoints {
+                    endpoints: vec![client.to_string()],
+                    dc: None,
+                };
+                let (version, applied) = match own.get("/v1/status").await {
+                    Ok(st) => (s(&st, "version"), st["raft_applied_index"].to_string()),
+                    Err(_) => ("unreachable".to_string(), "?".to_string()),
+                };
                 println!(
-                    "{}, {}, {}, {}, {}",
+                    "{}, {}, {}, {}, {}, {}, {}, {}",
                     s(m, "ID"),
                     s(m, "name"),
                     peer,
                     client,
-                    role
+                    role,
+                    version,
+                    applied,
+                    lag
                 );
             }
+        }
+        Command::Add {
+            name,
+            peer_addr,
+            client_url,
+            learner,
+        } => {
+            if !learner {
+                anyhow::bail!("a new server joins as a learner: add --learner, then `meridian member promote {name}` once it has caught up");
+            }
+            let v = leader(&args.endpoints)
+                .await?
+                .post(
+                    "/v1/members",
+                    &json!({"name": name, "peer_addr": peer_addr, "client_url": client_url, "learner": true}),
+                )
+                .await?;
+            println!("added {}", member_line(&v));
+        }
+        Command::Promote { name } => {
+            let v = leader(&args.endpoints)
+                .await?
+                .post(&format!("/v1/members/{name}/promote"), &json!({}))
+                .await?;
+            println!("promoted {}", member_line(&v));
+        }
+        Command::Remove { name } => {
+            leader(&args.endpoints)
+                .await?
+                .delete(&format!("/v1/members/{name}"))
+                .await?;
+            println!("removed {name}");
         }
     }
     Ok(())

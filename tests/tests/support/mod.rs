@@ -179,6 +179,71 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a new server `name` (a certificate from this datacenter's CA,
+    /// the first server's settings) that joins the running datacenter
+    /// (`initial_cluster_state = "existing"`) and waits to be added; answers
+    /// its index and its (client, peer) ports. Not waited for: it becomes
+    /// ready once a member adds it.
+    pub fn start_joiner(&mut self, name: &str) -> (usize, (u16, u16)) {
+        let tls = self.tls_dir();
+        let status = Command::new(binary())
+            .args(["tls", "init", "--datacenter"])
+            .arg(self.datacenter())
+            .arg("--dir")
+            .arg(&tls)
+            .arg("--names")
+            .arg(name)
+            .stdout(Stdio::null())
+            .status()
+            .expect("tls init");
+        assert!(status.success());
+        let (client, peer) = free_ports();
+        let first = &self.servers[0];
+        let template = std::fs::read_to_string(&first.config).expect("config");
+        let old = first.name.clone();
+        let mut config = String::from("initial_cluster_state = \"existing\"\n");
+        for line in template.lines() {
+            let line = if line.starts_with("name = ") {
+                format!("name = \"{name}\"")
+            } else if line.starts_with("data_dir = ") {
+                format!("data_dir = \"{}\"", self.dir.path().join(name).display())
+            } else if line.starts_with("client_addr = ") {
+                format!("client_addr = \"127.0.0.1:{client}\"")
+            } else if line.starts_with("peer_addr = ") {
+                format!("peer_addr = \"127.0.0.1:{peer}\"")
+            } else if line.starts_with("cert = ") || line.starts_with("key = ") {
+                line.replace(&format!("{old}.pem"), &format!("{name}.pem"))
+                    .replace(&format!("{old}-key.pem"), &format!("{name}-key.pem"))
+            } else {
+                line.to_string()
+            };
+            config.push_str(&line);
+            config.push('\n');
+        }
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("write config");
+        self.servers.push(Server {
+            name: name.to_string(),
+            client_url: format!("http://127.0.0.1:{client}"),
+            config: path,
+            log: self.dir.path().join(format!("{name}.log")),
+            child: None,
+        });
+        let i = self.servers.len() - 1;
+        self.spawn(i);
+        (i, (client, peer))
+    }
+
+    /// The datacenter's name, as the first server's configuration says.
+    pub fn datacenter(&self) -> String {
+        let config = std::fs::read_to_string(&self.servers[0].config).expect("config");
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("datacenter = "))
+            .map(|v| v.trim_matches('"').to_string())
+            .expect("datacenter in config")
+    }
+
     /// Where this datacenter's CA is (to share it with other datacenters).
     pub fn tls_dir(&self) -> PathBuf {
         self.dir.path().join("tls")
