@@ -153,6 +153,9 @@ struct Inner {
     endpoint: Endpoint,
     metrics: Arc<Metrics>,
     nospace: AtomicBool,
+    /// Held while the server runs: no second server or tool rewrites the
+    /// data directory meanwhile.
+    _lock: std::fs::File,
 }
 
 /// A running server; cheap to clone.
@@ -221,6 +224,7 @@ impl Node {
         metrics.db_quota.set(config.limits.quota_bytes as i64);
 
         let storage = |e: heed::Error| NodeError::Storage(e.to_string());
+        let lock = store::lock_data_dir(&config.data_dir).map_err(NodeError::Storage)?;
         let raft_env =
             store::open_env(&config.data_dir.join("raft"), EnvKind::Raft).map_err(storage)?;
         let state_env =
@@ -344,6 +348,7 @@ impl Node {
                 endpoint: endpoint.clone(),
                 metrics,
                 nospace: AtomicBool::new(false),
+                _lock: lock,
             }),
         };
         let handler_node = node.clone();

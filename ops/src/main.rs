@@ -55,6 +55,8 @@ enum Command {
     Snapshot(cli::snapshot::Args),
     /// Remove history below a revision, or all but the latest N revisions.
     Compact(cli::compact::Args),
+    /// Rewrite a stopped server's database files compactly.
+    Defrag(cli::defrag::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -94,6 +96,7 @@ fn main() {
             Command::Lookup(a) => cli::service::lookup(a).await,
             Command::Snapshot(a) => cli::snapshot::run(a).await,
             Command::Compact(a) => cli::compact::run(a).await,
+            Command::Defrag(a) => cli::defrag::run(a),
         }
     });
     if let Err(e) = result {

@@ -171,3 +171,93 @@ async fn manual_compaction_obeys_its_request_and_refuses_bad_ones() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defrag_shrinks_a_stopped_servers_files_while_the_others_take_writes() {
+    let mut dc = Cluster::start_with(
+        3,
+        RaftTuning {
+            snapshot_logs: 300,
+            purge_lag_logs: 10,
+        },
+    )
+    .await;
+    // About 8 MB of values, then most of it deleted and compacted away.
+    let value = "x".repeat(4000);
+    for i in 0..2000 {
+        let (code, v) = put(dc.url(i % 3), &format!("/big/{i:05}"), &value)
+            .await
+            .expect("put");
+        assert_eq!(code, 200, "{v}");
+    }
+    let (code, v) = post(
+        &format!("{}/v3/kv/deleterange", dc.url(0)),
+        &json!({"key": b64(b"/big/0"), "range_end": b64(b"/big/2")}),
+    )
+    .await
+    .expect("delete");
+    assert_eq!(code, 200, "{v}");
+    for i in 0..400 {
+        put_rev(dc.url(i % 3), &format!("/small/{i}"), "s").await;
+    }
+    let (code, v) = post(&format!("{}/admin/compact", dc.url(0)), &json!({"keep": 1}))
+        .await
+        .expect("compact");
+    assert_eq!(code, 200, "{v}");
+
+    // Refused while the server runs.
+    let defrag = |dir: std::path::PathBuf| {
+        std::process::Command::new(binary())
+            .args(["defrag", "--data-dir"])
+            .arg(dir)
+            .output()
+            .expect("meridian defrag")
+    };
+    let out = defrag(dc.dir.path().join("n3"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A client keeps writing through the other two meanwhile.
+    let urls = [dc.url(0).to_string(), dc.url(1).to_string()];
+    let writing = tokio::spawn(async move {
+        let mut failed = 0;
+        for i in 0..300usize {
+            match put(&urls[i % 2], &format!("/during/{i}"), "w").await {
+                Ok((200, _)) => {}
+                _ => failed += 1,
+            }
+        }
+        failed
+    });
+    dc.kill(2);
+    let out = defrag(dc.dir.path().join("n3"));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = |name: &str| -> u64 {
+        said.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {said}"))
+    };
+    let (before, after) = (bytes("before_bytes"), bytes("after_bytes"));
+    eprintln!("defrag: {before} bytes before, {after} after");
+    assert!(
+        after * 2 < before,
+        "defrag did not shrink the files: {before} -> {after}"
+    );
+    dc.restart(2).await;
+    let failed = writing.await.expect("writer");
+    assert_eq!(failed, 0, "writes failed during the defrag");
+    dc.wait_applied(2, "/during/299").await;
+    let (code, v) = read_at(dc.url(2), "/small/399", 0).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["count"], "1", "{v}");
+}

@@ -47,3 +47,74 @@ pub fn used_bytes(env: &Env<WithoutTls>) -> u64 {
 fn page_size() -> u64 {
     4096
 }
+
+/// Takes the data directory's lock (`LOCK`, held while a server runs, or
+/// while a tool rewrites the directory); fails if another process holds it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is in use by a running server (stop it first)",
+            data_dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The sizes of a server's database files before and after a defragmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defragmented {
+    /// Bytes of `raft/data.mdb` and `state/data.mdb` before.
+    pub before: u64,
+    /// The same after.
+    pub after: u64,
+}
+
+/// Rewrites a stopped server's two LMDB files compactly (a compacting copy
+/// of each, then renamed over the original), so that space freed by
+/// compaction and deletes goes back to the file system. Refuses while a
+/// server holds the directory.
+pub fn defrag(data_dir: &Path) -> Result<Defragmented, String> {
+    for part in ["raft", "state"] {
+        if !data_dir.join(part).join("data.mdb").is_file() {
+            return Err(format!(
+                "{} holds no Meridian data ({part}/data.mdb is missing)",
+                data_dir.display()
+            ));
+        }
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut before = 0;
+    let mut after = 0;
+    for (part, kind) in [("raft", EnvKind::Raft), ("state", EnvKind::State)] {
+        let dir = data_dir.join(part);
+        let data = dir.join("data.mdb");
+        before += size(&data);
+        let env = open_env(&dir, kind).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let copy = dir.join("data.mdb.compact");
+        let _ = std::fs::remove_file(&copy);
+        let file = env
+            .copy_to_path(&copy, heed::CompactionOption::Enabled)
+            .map_err(|e| format!("{}: compacting copy: {e}", dir.display()))?;
+        file.sync_all()
+            .map_err(|e| format!("{}: {e}", copy.display()))?;
+        // The environment stays mapped in this process until it exits; the
+        // rename swaps the directory entry, which is what the next server
+        // start opens.
+        std::fs::rename(&copy, &data).map_err(|e| format!("{}: {e}", data.display()))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        after += size(&data);
+    }
+    Ok(Defragmented { before, after })
+}

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod client;
 pub mod compact;
 pub mod coord;
+pub mod defrag;
 pub mod dev;
 pub mod federation;
 pub mod kv;
