@@ -11,6 +11,7 @@ pub mod backup;
 pub mod compactor;
 pub mod concurrency;
 pub mod config;
+pub mod drain;
 pub mod kv;
 pub mod lessor;
 pub mod membership;

@@ -59,6 +59,9 @@ pub enum NodeError {
     /// The member named does not exist.
     #[error("{0}")]
     MemberNotFound(String),
+    /// The server is draining before it stops (retryable elsewhere).
+    #[error("etcdserver: server draining; retry on another server")]
+    Draining,
 }
 
 impl NodeError {
@@ -68,6 +71,7 @@ impl NodeError {
         match self {
             NodeError::Kv(e) => e.grpc_code(),
             NodeError::NoLeader
+            | NodeError::Draining
             | NodeError::LeaderChanged
             | NodeError::Stopped
             | NodeError::Transport(_) => UNAVAILABLE,
@@ -153,6 +157,8 @@ struct Inner {
     endpoint: Endpoint,
     metrics: Arc<Metrics>,
     nospace: AtomicBool,
+    /// Set while the server drains before it stops.
+    draining: AtomicBool,
     /// Held while the server runs: no second server or tool rewrites the
     /// data directory meanwhile.
     _lock: std::fs::File,
@@ -348,6 +354,7 @@ impl Node {
                 endpoint: endpoint.clone(),
                 metrics,
                 nospace: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
                 _lock: lock,
             }),
         };
@@ -446,6 +453,7 @@ impl Node {
 
     /// Proposes a write through Raft (forwarding to the leader if needed) and returns its outcome.
     pub async fn write(&self, command: Command) -> Result<(Header, Outcome), NodeError> {
+        self.check_not_draining()?;
         let is_put = match &command {
             Command::Put(_) | Command::Mirror(_) => true,
             Command::Txn(t) => t.has_puts(),
@@ -936,6 +944,10 @@ impl Node {
         .map_err(|e| NodeError::Storage(e.to_string()))?
     }
 
+    pub(crate) fn draining_flag(&self) -> &AtomicBool {
+        &self.inner.draining
+    }
+
     pub(crate) fn raft(&self) -> &Raft {
         &self.inner.raft
     }
@@ -999,7 +1011,8 @@ impl Node {
     /// Whether the server has a leader and has applied everything the leader
     /// had committed when asked (a linearizable barrier that succeeds).
     pub async fn ready(&self) -> bool {
-        self.inner.raft.metrics().borrow().current_leader.is_some()
+        !self.draining()
+            && self.inner.raft.metrics().borrow().current_leader.is_some()
             && self.read_barrier().await.is_ok()
     }
 
@@ -1046,6 +1059,14 @@ impl Node {
             PeerRequest::InstallSnapshot(r) => {
                 PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
             }
+            // A draining leader takes no more work, so that it falls silent
+            // and another server is elected.
+            PeerRequest::Write(_) if self.draining() => PeerResponse::Write(Err(
+                ForwardError::Unavailable("the leader is draining".into()),
+            )),
+            PeerRequest::ReadIndex if self.draining() => PeerResponse::ReadIndex(Err(
+                ForwardError::Unavailable("the leader is draining".into()),
+            )),
             PeerRequest::Write(command) => {
                 PeerResponse::Write(match self.inner.proposer.propose(command).await {
                     Ok(applied) => Ok(applied),

@@ -57,6 +57,10 @@ enum Command {
     Compact(cli::compact::Args),
     /// Rewrite a stopped server's database files compactly.
     Defrag(cli::defrag::Args),
+    /// Drain a server before stopping it (or --undo).
+    Drain(cli::drain::DrainArgs),
+    /// Leadership: `leader transfer` moves it to another voter.
+    Leader(cli::drain::LeaderArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -97,6 +101,8 @@ fn main() {
             Command::Snapshot(a) => cli::snapshot::run(a).await,
             Command::Compact(a) => cli::compact::run(a).await,
             Command::Defrag(a) => cli::defrag::run(a),
+            Command::Drain(a) => cli::drain::drain(a).await,
+            Command::Leader(a) => cli::drain::leader(a).await,
         }
     });
     if let Err(e) = result {

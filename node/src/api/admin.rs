@@ -1,6 +1,8 @@
 //! Admin endpoints:
 //! - `POST /admin/snapshot` streams a backup of this server's state (see
 //!   [`crate::backup`] for the format);
+//! - `POST /admin/drain` drains the server before it is stopped (see
+//!   [`crate::drain`]); `DELETE /admin/drain` ends a drain;
 //! - `POST /admin/compact` with `{"revision": N}` or `{"keep": N}` removes
 //!   history below a revision, or all but the latest N revisions.
 
@@ -122,4 +124,24 @@ pub(super) async fn compact(State(node): State<Node>, body: Bytes) -> Response {
         }
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// Drains the server; answers once another server leads.
+pub(super) async fn drain(State(node): State<Node>) -> Response {
+    match node.drain().await {
+        Ok(d) => Json(json!({
+            "draining": true,
+            "was_leader": d.was_leader,
+            "leader": d.leader.map(|l| l.to_string()),
+            "took_ms": d.took.as_millis() as u64,
+        }))
+        .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Ends a drain.
+pub(super) async fn undrain(State(node): State<Node>) -> Response {
+    node.undrain();
+    Json(json!({ "draining": false })).into_response()
 }

@@ -154,6 +154,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/members/{name}/promote", post(members::promote))
         .route("/admin/snapshot", post(admin::snapshot))
         .route("/admin/compact", post(admin::compact))
+        .route("/admin/drain", post(admin::drain).delete(admin::undrain))
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -163,10 +164,23 @@ pub fn router(node: Node) -> Router {
         .with_state(node)
 }
 
+/// Paths a draining server still answers: operators' and probes' own.
+fn served_while_draining(path: &str) -> bool {
+    path.starts_with("/admin/")
+        || matches!(
+            path,
+            "/health" | "/ready" | "/metrics" | "/version" | "/v1/status" | "/v1/members"
+        )
+}
+
 async fn observe(State(node): State<Node>, req: Request, next: Next) -> Response {
     let route = route_label(req.uri().path());
     let start = Instant::now();
-    let response = next.run(req).await;
+    let response = if node.draining() && !served_while_draining(req.uri().path()) {
+        ApiError::from(NodeError::Draining).into_response()
+    } else {
+        next.run(req).await
+    };
     let m = node.metrics();
     m.api_requests
         .with_label_values(&[route, response.status().as_str()])
@@ -204,6 +218,7 @@ fn route_label(path: &str) -> &'static str {
         "/admin/snapshot" => "/admin/snapshot",
         "/v1/members" => "/v1/members",
         "/admin/compact" => "/admin/compact",
+        "/admin/drain" => "/admin/drain",
         "/version" => "/version",
         "/health" => "/health",
         "/ready" => "/ready",
@@ -276,7 +291,10 @@ async fn ready(State(node): State<Node>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "ready": false, "reason": "no leader or not caught up" })),
+            axum::Json(json!({
+                "ready": false,
+                "reason": if node.draining() { "draining" } else { "no leader or not caught up" },
+            })),
         )
             .into_response()
     }

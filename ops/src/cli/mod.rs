@@ -6,6 +6,7 @@ pub mod compact;
 pub mod coord;
 pub mod defrag;
 pub mod dev;
+pub mod drain;
 pub mod federation;
 pub mod kv;
 pub mod member;

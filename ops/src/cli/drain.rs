@@ -1,0 +1,91 @@
+//! `meridian drain` (before stopping a server) and `meridian leader
+//! transfer` (move leadership away from the current leader without stopping
+//! it): both through `/admin/drain`.
+
+use super::client::Endpoints;
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+/// Arguments of `drain`.
+#[derive(clap::Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// End a drain instead: the server serves and campaigns again.
+    #[arg(long)]
+    undo: bool,
+}
+
+/// Arguments of `leader`.
+#[derive(clap::Args)]
+pub struct LeaderArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    #[command(subcommand)]
+    command: LeaderCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum LeaderCommand {
+    /// Moves leadership to another voter: the leader drains until another
+    /// server leads, then serves again as a follower.
+    Transfer,
+}
+
+fn one(endpoints: &Endpoints) -> Result<Endpoints> {
+    if endpoints.endpoints.len() != 1 {
+        bail!("name exactly one server with --endpoints URL");
+    }
+    Ok(endpoints.clone())
+}
+
+fn said(v: &Value) -> String {
+    format!(
+        "was_leader={} leader={} took_ms={}",
+        v["was_leader"],
+        v["leader"].as_str().unwrap_or("none"),
+        v["took_ms"]
+    )
+}
+
+pub async fn drain(args: DrainArgs) -> Result<()> {
+    let server = one(&args.endpoints)?;
+    if args.undo {
+        server.delete("/admin/drain").await?;
+        println!("serving again");
+    } else {
+        let v = server.post("/admin/drain", &json!({})).await?;
+        println!("drained {}", said(&v));
+    }
+    Ok(())
+}
+
+pub async fn leader(args: LeaderArgs) -> Result<()> {
+    match args.command {
+        LeaderCommand::Transfer => {
+            let v = args.endpoints.get("/v1/members").await?;
+            let id = v["leader"].as_str().unwrap_or("").to_string();
+            let Some(url) = v["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["id"].as_str() == Some(id.as_str()))
+                .and_then(|m| m["client_url"].as_str())
+            else {
+                bail!("no leader is known now; retry shortly");
+            };
+            let leader = Endpoints {
+                endpoints: vec![url.to_string()],
+                dc: args.endpoints.dc.clone(),
+            };
+            let result = leader.post("/admin/drain", &json!({})).await;
+            leader.delete("/admin/drain").await?;
+            let v = result?;
+            if v["leader"].is_null() {
+                bail!("no other server took over in time; {url} leads again");
+            }
+            println!("transferred {}", said(&v));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! A rolling restart under continuous writes: each server in turn is
+//! drained, stopped, started and waited for. No acknowledged write is lost,
+//! and clients see only retryable errors (counted). Also: a drained server
+//! refuses client requests and reports not ready; `meridian leader
+//! transfer` moves leadership without stopping anyone.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+/// What the writers saw.
+#[derive(Debug, Default)]
+struct Seen {
+    acked: Vec<String>,
+    /// Retryable refusals by kind: HTTP status, "connect" for a stopped
+    /// server, "cut" for a request in flight when its server stopped.
+    retryable: BTreeMap<String, usize>,
+    /// Anything else (must stay empty).
+    other: Vec<String>,
+}
+
+async fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, id: usize) -> Seen {
+    // A new connection per request, so a stopped server is a refused
+    // connection rather than a pooled one found dead.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let mut seen = Seen::default();
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) && i < 20_000 {
+        let key = format!("/roll/{id}/{i}");
+        let url = &urls[i % urls.len()];
+        i += 1;
+        let body = json!({"key": b64(key.as_bytes()), "value": b64(b"v")});
+        match client
+            .post(format!("{url}/v3/kv/put"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                match status {
+                    200 => seen.acked.push(key),
+                    // etcd's retryable codes: unavailable (no leader,
+                    // draining, leader changed) and deadline exceeded.
+                    503 | 504 => {
+                        *seen.retryable.entry(status.to_string()).or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    _ => seen.other.push(format!("{status} {v}")),
+                }
+            }
+            Err(e) if e.is_connect() => {
+                *seen.retryable.entry("connect".into()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The server was stopped with the request in flight: its outcome
+            // is unknown to this client, which retries elsewhere (never
+            // counted as acknowledged).
+            Err(e) if e.is_request() || e.is_body() => {
+                *seen.retryable.entry("cut".into()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => seen.other.push(e.to_string()),
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_writes_loses_nothing_and_errs_only_retryably() {
+    let mut dc = Cluster::start(3).await;
+    let urls: Vec<String> = (0..3).map(|i| dc.url(i).to_string()).collect();
+
+    // A drained follower refuses clients (retryable) and is not ready; undone, it serves.
+    let leader = dc.leader().await;
+    let follower = dc.url((leader + 1) % 3).to_string();
+    let (code, v) = post(&format!("{follower}/admin/drain"), &json!({}))
+        .await
+        .expect("drain");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["was_leader"], false, "{v}");
+    let (code, v) = put(&follower, "/k", "v").await.expect("put");
+    assert_eq!(code, 503, "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("draining"),
+        "{v}"
+    );
+    let ready = reqwest::get(format!("{follower}/ready"))
+        .await
+        .expect("ready");
+    assert_eq!(ready.status().as_u16(), 503);
+    let (code, _) = send(
+        reqwest::Method::DELETE,
+        &format!("{follower}/admin/drain"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, v) = put(&follower, "/k", "v").await.expect("put");
+    assert_eq!(code, 200, "{v}");
+
+    // `leader transfer` moves leadership and keeps every server running.
+    let out = std::process::Command::new(binary())
+        .args(["leader", "transfer", "--endpoints", &urls.join(",")])
+        .output()
+        .expect("meridian leader transfer");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = dc.leader().await;
+    assert_ne!(after, leader, "{said}");
+
+    // The rolling restart, with two writers going all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|id| tokio::spawn(writer(urls.clone(), stop.clone(), id)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut order: Vec<usize> = (0..3).collect();
+    let current = dc.leader().await;
+    order.retain(|i| *i != current);
+    order.push(current); // the leader last
+    for i in order {
+        let (code, v) = post(&format!("{}/admin/drain", dc.url(i)), &json!({}))
+            .await
+            .expect("drain");
+        assert_eq!(code, 200, "{v}");
+        dc.kill(i);
+        dc.restart(i).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    let mut retryable: BTreeMap<String, usize> = BTreeMap::new();
+    for w in writers {
+        let seen = w.await.expect("writer");
+        assert!(
+            seen.other.is_empty(),
+            "non-retryable errors: {:?}",
+            seen.other
+        );
+        acked.extend(seen.acked);
+        for (k, n) in seen.retryable {
+            *retryable.entry(k).or_default() += n;
+        }
+    }
+    eprintln!(
+        "rolling restart: {} writes acknowledged, retryable errors {retryable:?}",
+        acked.len()
+    );
+    assert!(acked.len() > 100, "{}", acked.len());
+    // Every acknowledged write is on every server.
+    for i in 0..3 {
+        dc.wait_applied(i, acked.last().expect("a write")).await;
+        let (code, v) = post(
+            &format!("{}/v3/kv/range", dc.url(i)),
+            &json!({"key": b64(b"/roll/"), "range_end": b64(&prefix_end("/roll/")),
+                    "keys_only": true, "serializable": true}),
+        )
+        .await
+        .expect("range");
+        assert_eq!(code, 200, "{v}");
+        let have: std::collections::BTreeSet<Vec<u8>> = v["kvs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|kv| unb64(&kv["key"]))
+            .collect();
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|k| !have.contains(k.as_bytes()))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "server {i} lost {} acknowledged writes: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+}
