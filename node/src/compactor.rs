@@ -4,7 +4,6 @@
 //! current one (`revision`). Compaction is an ordinary Raft command, so every
 //! server removes the same history.
 
-use crate::kv::CompactionRequest;
 use crate::server::Node;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -102,18 +101,8 @@ pub(crate) async fn run(node: Node) {
         if at <= compacted {
             continue;
         }
-        match node
-            .compact(CompactionRequest {
-                revision: at,
-                physical: true,
-            })
-            .await
-        {
+        match node.compact_at(at, "auto").await {
             Ok(_) => {
-                node.metrics()
-                    .compactions
-                    .with_label_values(&["auto"])
-                    .inc();
                 tracing::info!(revision = at, "compacted history (automatic retention)");
             }
             Err(e) => {

@@ -7,7 +7,6 @@
 //!   history below a revision, or all but the latest N revisions.
 
 use super::ApiError;
-use crate::kv::CompactionRequest;
 use crate::server::Node;
 use axum::body::Body;
 use axum::extract::State;
@@ -102,26 +101,14 @@ pub(super) async fn compact(State(node): State<Node>, body: Bytes) -> Response {
         _ => return ApiError::invalid("give exactly one of revision or keep").into_response(),
     };
     let started = std::time::Instant::now();
-    match node
-        .compact(CompactionRequest {
-            revision: target,
-            physical: true,
-        })
-        .await
-    {
-        Ok(h) => {
-            node.metrics()
-                .compactions
-                .with_label_values(&["admin"])
-                .inc();
-            Json(json!({
-                "compacted": true,
-                "compacted_revision": target,
-                "revision": h.revision,
-                "took_ms": started.elapsed().as_millis() as u64,
-            }))
-            .into_response()
-        }
+    match node.compact_at(target, "admin").await {
+        Ok(h) => Json(json!({
+            "compacted": true,
+            "compacted_revision": target,
+            "revision": h.revision,
+            "took_ms": started.elapsed().as_millis() as u64,
+        }))
+        .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
