@@ -137,6 +137,9 @@ pub struct NodeConfig {
     /// Joins a datacenter that exists (etcd's `initial-cluster-state =
     /// existing`): never bootstraps; waits to be added as a learner.
     pub join_existing: bool,
+    /// Advertise this feature level instead of the build's (only lower
+    /// takes effect): lets tests play an older server in a rolling upgrade.
+    pub advertise_feature_level: Option<u32>,
 }
 
 /// A duration as Go and Consul write them: a number and a unit (`ns`, `us`,

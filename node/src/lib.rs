@@ -21,6 +21,7 @@ mod recent;
 mod server;
 #[allow(unsafe_code)]
 pub mod store;
+pub mod version;
 
 pub use config::NodeConfig;
 pub use server::{Header, MemberInfo, Node, NodeError, Status};

@@ -159,6 +159,8 @@ struct Inner {
     nospace: AtomicBool,
     /// Set while the server drains before it stops.
     draining: AtomicBool,
+    /// What each member advertised when this server, leading, last asked.
+    versions_seen: std::sync::Mutex<BTreeMap<u64, crate::version::Advertised>>,
     /// Held while the server runs: no second server or tool rewrites the
     /// data directory meanwhile.
     _lock: std::fs::File,
@@ -355,6 +357,7 @@ impl Node {
                 metrics,
                 nospace: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
+                versions_seen: Default::default(),
                 _lock: lock,
             }),
         };
@@ -371,6 +374,7 @@ impl Node {
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(drive_leases(node.clone()));
         tokio::spawn(crate::compactor::run(node.clone()));
+        tokio::spawn(crate::version::drive(node.clone()));
         tokio::spawn(feed_recent(node.clone()));
         Ok(node)
     }
@@ -961,6 +965,18 @@ impl Node {
         .map_err(|e| NodeError::Storage(e.to_string()))?
     }
 
+    pub(crate) fn versions_seen(
+        &self,
+    ) -> &std::sync::Mutex<BTreeMap<u64, crate::version::Advertised>> {
+        &self.inner.versions_seen
+    }
+
+    /// A u32 metadata value of the state machine.
+    pub(crate) fn meta_u32(&self, key: &str) -> Option<u32> {
+        let rtxn = self.read_txn().ok()?;
+        self.inner.store.meta_get(&rtxn, key).ok().flatten()
+    }
+
     pub(crate) fn draining_flag(&self) -> &AtomicBool {
         &self.inner.draining
     }
@@ -1099,6 +1115,7 @@ impl Node {
             PeerRequest::LeaseKeepAlive(id) => {
                 PeerResponse::LeaseClock(self.leader_lease_clock(id, true))
             }
+            PeerRequest::Version => PeerResponse::Version(self.advertised()),
             PeerRequest::LeaseClock(id) => {
                 PeerResponse::LeaseClock(self.leader_lease_clock(id, false))
             }

@@ -43,6 +43,16 @@ struct FileConfig {
     catalog: CatalogSection,
     #[serde(default)]
     compaction: CompactionSection,
+    #[serde(default)]
+    testing: TestingSection,
+}
+
+/// Settings for tests of Meridian itself; never needed in production.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct TestingSection {
+    /// Advertise this (lower) feature level, playing an older server.
+    advertise_feature_level: Option<u32>,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -328,9 +338,13 @@ fn validate(f: FileConfig) -> Result<ServerConfig> {
         return Err(bad("lease.min_ttl_seconds", "must be at least 1"));
     }
     let compaction = compaction_settings(&f.compaction).map_err(|(k, why)| bad(k, &why))?;
+    if f.testing.advertise_feature_level == Some(0) {
+        return Err(bad("testing.advertise_feature_level", "levels start at 1"));
+    }
     let node = NodeConfig {
         compaction,
         join_existing,
+        advertise_feature_level: f.testing.advertise_feature_level,
         lease: LeaseSettings {
             min_ttl_seconds: f.lease.min_ttl_seconds,
         },

@@ -192,3 +192,73 @@ async fn a_rolling_restart_under_writes_loses_nothing_and_errs_only_retryably() 
         );
     }
 }
+
+async fn levels(base: &str) -> (u64, bool) {
+    let v = get_json(&format!("{base}/v1/status"))
+        .await
+        .expect("status");
+    let on = v["features"]
+        .as_array()
+        .and_then(|f| f.iter().find(|x| x["name"] == "cluster-level-record"))
+        .and_then(|x| x["on"].as_bool())
+        .unwrap_or(false);
+    (v["cluster_level"].as_u64().unwrap_or(0), on)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_feature_stays_off_until_every_server_runs_the_new_version() {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| free_ports()).collect();
+    let old = "[testing]\nadvertise_feature_level = 1\n".to_string();
+    let mut dc = Cluster::launch(Spec {
+        datacenter: "test".into(),
+        ports,
+        tuning: RaftTuning::default(),
+        ca_from: None,
+        extra: vec![String::new(), String::new(), old],
+    })
+    .await;
+    // n3 plays a server of the previous version: the level stays at 1.
+    let leader = dc.leader().await;
+    for _ in 0..15 {
+        for i in 0..3 {
+            assert_eq!(levels(dc.url(i)).await, (1, false), "server {i}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let members = get_json(&format!("{}/v1/members", dc.url(leader)))
+        .await
+        .expect("members");
+    let n3 = members["members"]
+        .as_array()
+        .and_then(|l| l.iter().find(|m| m["name"] == "n3"))
+        .cloned()
+        .expect("n3");
+    assert_eq!(n3["feature_level"], 1, "{members}");
+    // n3 is upgraded: restarted without the override.
+    let config = std::fs::read_to_string(dc.config_path(2)).expect("config");
+    let upgraded: String = config
+        .lines()
+        .filter(|l| !l.starts_with("[testing]") && !l.starts_with("advertise_feature_level"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dc.config_path(2), upgraded).expect("write");
+    dc.kill(2);
+    dc.restart(2).await;
+    for i in 0..3 {
+        let mut last = (0, false);
+        for _ in 0..100 {
+            last = levels(dc.url(i)).await;
+            if last == (2, true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(last, (2, true), "server {i} after the upgrade");
+    }
+    let out = std::process::Command::new(binary())
+        .args(["status", "--endpoints", dc.url(0)])
+        .output()
+        .expect("meridian status");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("feature_level=2 cluster_level=2"), "{said}");
+}

@@ -12,8 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-fn member_json(m: &MemberStatus) -> Value {
+fn member_json(m: &MemberStatus, seen: Option<&crate::version::Advertised>) -> Value {
     json!({
+        "version": seen.map(|a| a.version.clone()),
+        "feature_level": seen.map(|a| a.level),
         "id": m.id.to_string(),
         "name": m.name,
         "peer_addr": m.peer_addr,
@@ -29,9 +31,15 @@ pub(super) async fn list(State(node): State<Node>) -> Response {
         Ok(s) => s,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let members: Vec<Value> = node.member_status().iter().map(member_json).collect();
+    let seen = node.member_versions();
+    let members: Vec<Value> = node
+        .member_status()
+        .iter()
+        .map(|m| member_json(m, seen.get(&m.id)))
+        .collect();
     Json(json!({
         "leader": status.leader.to_string(),
+        "cluster_level": node.cluster_level(),
         "answered_by": status.name,
         "members": members,
     }))
@@ -63,14 +71,14 @@ pub(super) async fn add(State(node): State<Node>, body: Bytes) -> Response {
         .add_learner(&add.name, &add.peer_addr, &add.client_url)
         .await
     {
-        Ok(m) => Json(member_json(&m)).into_response(),
+        Ok(m) => Json(member_json(&m, None)).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 pub(super) async fn promote(State(node): State<Node>, Path(name): Path<String>) -> Response {
     match node.promote(&name).await {
-        Ok(m) => Json(member_json(&m)).into_response(),
+        Ok(m) => Json(member_json(&m, None)).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -311,6 +311,12 @@ pub(super) async fn status(State(node): State<Node>) -> Response {
         "datacenter": s.datacenter,
         "name": s.name,
         "version": s.version,
+        "feature_level": node.advertised().level,
+        "cluster_level": node.cluster_level(),
+        "features": crate::version::GATED
+            .iter()
+            .map(|(name, since)| json!({ "name": name, "since_level": since, "on": node.feature_on(name) }))
+            .collect::<Vec<_>>(),
         "member_id": s.header.member_id.to_string(),
         "cluster_id": s.header.cluster_id.to_string(),
         "leader": s.leader.to_string(),

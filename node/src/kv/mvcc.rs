@@ -551,9 +551,12 @@ impl<'t, 'e> KvWriter<'t, 'e> {
             Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl),
             Command::LeaseRevoke { id } => self.lease_revoke(*id),
             // They span revisions and need the DC's name: the state machine applies them.
-            Command::SetRule(_) | Command::Mirror(_) => Err(KvError::InvalidArgument(
-                "replication commands are applied by the state machine".into(),
-            )),
+            Command::SetRule(_) | Command::Mirror(_) | Command::SetClusterLevel { .. } => {
+                Err(KvError::InvalidArgument(
+                    "replication and cluster-level commands are applied by the state machine"
+                        .into(),
+                ))
+            }
         }
     }
 

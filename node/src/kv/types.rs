@@ -311,6 +311,12 @@ pub enum Command {
     SetRule(super::mirror::MirrorRule),
     /// Apply a replicator's batch and move its checkpoint.
     Mirror(super::mirror::MirrorBatch),
+    /// Raise the datacenter's cluster level (never lowers it). Proposed only
+    /// once every member advertises the level (see `version`).
+    SetClusterLevel {
+        /// The new level.
+        level: u32,
+    },
 }
 
 impl Command {
@@ -350,6 +356,7 @@ impl Command {
             Command::Compact(_) | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
             Command::SetRule(r) => 64 + r.prefix.len(),
             Command::Mirror(b) => b.payload_bytes(),
+            Command::SetClusterLevel { .. } => 8,
         }
     }
 }
@@ -383,6 +390,11 @@ pub enum Outcome {
     },
     /// A replication batch was applied.
     Mirrored,
+    /// The cluster level after a `SetClusterLevel`.
+    ClusterLevelSet {
+        /// The level now recorded.
+        level: u32,
+    },
 }
 
 /// What applying one log entry produced: the store's revision after it and the answer.

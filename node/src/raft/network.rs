@@ -62,6 +62,8 @@ pub enum PeerRequest {
     LeaseKeepAlive(i64),
     /// Asks the leader how long a lease has left.
     LeaseClock(i64),
+    /// Asks a member what version and feature level it runs.
+    Version,
 }
 
 /// Why the leader could not serve a forwarded request.
@@ -93,6 +95,8 @@ pub enum PeerResponse {
     ReadIndex(Result<u64, ForwardError>),
     /// A lease's (remaining, granted) TTL at the leader; None if it has none.
     LeaseClock(Result<Option<(i64, i64)>, ForwardError>),
+    /// What a member runs.
+    Version(crate::version::Advertised),
 }
 
 /// Builds Raft clients over one endpoint.

@@ -137,6 +137,15 @@ impl StateMachine {
                 Ok((Outcome::Mirrored, revision))
             }),
             Command::Txn(_) => self.nested(wtxn, |t| write(store, t, command)),
+            Command::SetClusterLevel { level } => {
+                let key = crate::version::META_CLUSTER_LEVEL;
+                let stored: u32 = store
+                    .meta_get(wtxn, key)?
+                    .unwrap_or(crate::version::BASE_LEVEL);
+                let level = stored.max(*level);
+                store.meta_put(wtxn, key, &level)?;
+                Ok((Outcome::ClusterLevelSet { level }, before))
+            }
             _ => write(store, wtxn, command),
         };
         match result {

@@ -137,6 +137,7 @@ pub async fn run(args: Args) -> Result<()> {
                 lease: Default::default(),
                 compaction: Default::default(),
                 join_existing: false,
+                advertise_feature_level: None,
             };
             running.push(crate::server::start(config, federation.clone()).await?);
             say(format_args!(

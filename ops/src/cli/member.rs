@@ -194,11 +194,14 @@ pub async fn status(endpoints: Endpoints) -> Result<()> {
                 let me = s(&header, "member_id");
                 let leader = s(&v, "leader");
                 let info = v.get("meridian").cloned().unwrap_or_default();
+                let levels = one.get("/v1/status").await.unwrap_or_default();
                 println!(
-                    "{endpoint}: dc={} name={} version={} leader={} revision={} raft_term={} raft_index={} db_size={}",
+                    "{endpoint}: dc={} name={} version={} feature_level={} cluster_level={} leader={} revision={} raft_term={} raft_index={} db_size={}",
                     s(&info, "datacenter"),
                     s(&info, "name"),
                     s(&info, "version"),
+                    levels["feature_level"],
+                    levels["cluster_level"],
                     if me == leader { "self".to_string() } else { leader },
                     s(&header, "revision"),
                     s(&header, "raft_term"),

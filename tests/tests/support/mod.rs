@@ -234,6 +234,11 @@ impl Cluster {
         (i, (client, peer))
     }
 
+    /// Server `i`'s configuration file (to change it before a restart).
+    pub fn config_path(&self, i: usize) -> &Path {
+        &self.servers[i].config
+    }
+
     /// The datacenter's name, as the first server's configuration says.
     pub fn datacenter(&self) -> String {
         let config = std::fs::read_to_string(&self.servers[0].config).expect("config");
