@@ -80,6 +80,8 @@ pub struct Metrics {
     pub api_duration: HistogramVec,
     /// Snapshot build/install durations.
     pub snapshot_duration: HistogramVec,
+    /// Backup and compaction time, by operation.
+    pub maintenance_duration: HistogramVec,
     /// Writes forwarded from this follower to the leader.
     pub forwarded_writes: IntCounter,
 }
@@ -157,6 +159,15 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(snapshot_duration.clone()))?;
+        let maintenance_duration = HistogramVec::new(
+            secs(
+                "meridian_maintenance_duration_seconds",
+                "Time taken by maintenance this server ran, by operation (backup, compaction).",
+                prometheus::exponential_buckets(0.001, 2.0, 18)?,
+            ),
+            &["operation"],
+        )?;
+        registry.register(Box::new(maintenance_duration.clone()))?;
         Ok(Metrics {
             has_leader: g("meridian_has_leader", "1 when this server knows a leader.")?,
             is_leader: g("meridian_is_leader", "1 when this server is the leader.")?,
@@ -264,6 +275,7 @@ impl Metrics {
             api_requests,
             api_duration,
             snapshot_duration,
+            maintenance_duration,
             registry,
         })
     }

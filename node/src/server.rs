@@ -885,17 +885,18 @@ impl Node {
     /// Compacts at `revision`, counted under `trigger` (api, admin, auto)
     /// in `meridian_compactions_total`.
     pub async fn compact_at(&self, revision: i64, trigger: &str) -> Result<Header, NodeError> {
+        let started = Instant::now();
         let h = self
             .compact(CompactionRequest {
                 revision,
                 physical: true,
             })
             .await?;
-        self.inner
-            .metrics
-            .compactions
-            .with_label_values(&[trigger])
-            .inc();
+        let m = &self.inner.metrics;
+        m.compactions.with_label_values(&[trigger]).inc();
+        m.maintenance_duration
+            .with_label_values(&["compaction"])
+            .observe(started.elapsed().as_secs_f64());
         Ok(h)
     }
 
@@ -936,7 +937,8 @@ impl Node {
     /// caller streams and removes it.
     pub async fn backup(&self) -> Result<(std::path::PathBuf, crate::backup::Manifest), NodeError> {
         let node = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let taken = tokio::task::spawn_blocking(move || {
             let inner = &node.inner;
             let path = crate::backup::scratch_path(&inner.config.data_dir);
             if let Some(dir) = path.parent() {
@@ -962,7 +964,13 @@ impl Node {
             Ok((path, manifest))
         })
         .await
-        .map_err(|e| NodeError::Storage(e.to_string()))?
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
+        self.inner
+            .metrics
+            .maintenance_duration
+            .with_label_values(&["backup"])
+            .observe(started.elapsed().as_secs_f64());
+        taken
     }
 
     pub(crate) fn versions_seen(

@@ -192,7 +192,7 @@ async fn federation() -> Vec<Cluster> {
 }
 
 /// Uses every kind of metric once: writes, forwarded requests, catalog
-/// checks and lookups, compaction, replication.
+/// checks and lookups, compaction, a backup, replication.
 async fn exercise(dcs: &[Cluster]) {
     let (dc1, dc2) = (dcs[0].url(0), dcs[1].url(0));
     for i in 0..40 {
@@ -205,6 +205,13 @@ async fn exercise(dcs: &[Cluster]) {
         .await
         .expect("compact");
     assert_eq!(code, 200, "{v}");
+    let backup = reqwest::Client::new()
+        .post(format!("{dc1}/admin/snapshot"))
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(backup.status().as_u16(), 200);
+    assert!(!backup.bytes().await.expect("body").is_empty());
     let (code, v) = send(
         reqwest::Method::GET,
         &format!("{dc1}/v1/kv/m/k1?dc=dc2"),
