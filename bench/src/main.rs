@@ -5,6 +5,8 @@
 //!     meridian-load report bench/results/run.jsonl --markdown out.md --json out.json
 
 mod driver;
+mod fanout;
+mod leases;
 mod mirror;
 mod report;
 mod workload;
@@ -83,6 +85,44 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Watch fan-out: --watchers watches on one prefix, one writer at
+    /// --rate puts/s for --duration s; appends delivery latency p50/p99/max
+    /// and the share of events delivered to --out.
+    Fanout {
+        #[arg(long)]
+        system: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value = "bench/fanout/")]
+        prefix: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Leases at scale: grants --leases leases with --ttl, keeps all alive
+    /// from --clients clients for --duration s; appends grant rate,
+    /// keep-alive throughput and latency, and leases alive at the end.
+    Leases {
+        #[arg(long)]
+        system: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Summarises a JSON-lines file of measurements as Markdown and JSON.
     Report {
         records: PathBuf,
@@ -155,16 +195,83 @@ async fn main() -> anyhow::Result<()> {
             eprintln!(
                 "{system:>8} mirror of {keys} keys: writes took {writes:.2} s, target complete {after_last:.3} s after the last write"
             );
-            let line = format!(
-                "{}\n",
-                serde_json::json!({"system": system, "metric": format!("mirror_{keys}_keys_s_after_last_write"), "value": after_last})
+            append(
+                &out,
+                &system,
+                &[(format!("mirror_{keys}_keys_s_after_last_write"), after_last)],
+            )?;
+        }
+        Cmd::Fanout {
+            system,
+            endpoints,
+            watchers,
+            rate,
+            duration,
+            prefix,
+            out,
+        } => {
+            let f = fanout::run(
+                &endpoints,
+                watchers,
+                rate,
+                Duration::from_secs_f64(duration),
+                &prefix,
+            )
+            .await?;
+            eprintln!(
+                "{system:>8} fan-out {watchers} watchers at {rate}/s: p50 {:.2} ms p99 {:.2} ms max {:.2} ms, {} of {} delivered",
+                f.p50_ms, f.p99_ms, f.max_ms, f.delivered, f.expected
             );
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&out)
-                .with_context(|| format!("open {}", out.display()))?
-                .write_all(line.as_bytes())?;
+            append(
+                &out,
+                &system,
+                &[
+                    (format!("watch_fanout_{watchers}_p50_ms"), f.p50_ms),
+                    (format!("watch_fanout_{watchers}_p99_ms"), f.p99_ms),
+                    (format!("watch_fanout_{watchers}_max_ms"), f.max_ms),
+                    (
+                        format!("watch_fanout_{watchers}_delivered_share"),
+                        f.delivered as f64 / f.expected.max(1) as f64,
+                    ),
+                ],
+            )?;
+        }
+        Cmd::Leases {
+            system,
+            endpoints,
+            leases,
+            clients,
+            ttl,
+            duration,
+            out,
+        } => {
+            let l = leases::run(
+                &endpoints,
+                leases,
+                clients,
+                ttl,
+                Duration::from_secs_f64(duration),
+            )
+            .await?;
+            eprintln!(
+                "{system:>8} {leases} leases: {:.0} grants/s, {:.0} keep-alives/s p50 {:.2} ms p99 {:.2} ms, {} alive, {} errors",
+                l.grants_per_s, l.keepalives_per_s, l.p50_ms, l.p99_ms, l.alive, l.errors
+            );
+            append(
+                &out,
+                &system,
+                &[
+                    (format!("leases_{leases}_grants_per_s"), l.grants_per_s),
+                    (
+                        format!("leases_{leases}_keepalives_per_s"),
+                        l.keepalives_per_s,
+                    ),
+                    (format!("leases_{leases}_keepalive_p50_ms"), l.p50_ms),
+                    (format!("leases_{leases}_keepalive_p99_ms"), l.p99_ms),
+                    (format!("leases_{leases}_alive_at_end"), l.alive as f64),
+                    (format!("leases_{leases}_keepalive_errors"), l.errors as f64),
+                ],
+            )?;
         }
         Cmd::Report {
             records,
@@ -177,6 +284,20 @@ async fn main() -> anyhow::Result<()> {
             std::fs::write(&markdown, md)?;
             std::fs::write(&json, serde_json::to_string_pretty(&js)?)?;
         }
+    }
+    Ok(())
+}
+
+/// Appends one `{"system","metric","value"}` record per figure to `out`.
+fn append(out: &PathBuf, system: &str, figures: &[(String, f64)]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("open {}", out.display()))?;
+    for (metric, value) in figures {
+        let line = serde_json::json!({"system": system, "metric": metric, "value": value});
+        file.write_all(format!("{line}\n").as_bytes())?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! HTTP listener.
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use meridian_federation::{Federation, FederationConfig};
 use meridian_node::{Node, NodeConfig};
 
@@ -16,9 +17,17 @@ pub struct Running {
 
 /// Starts the node, joins the federation and serves the client API.
 pub async fn start(config: NodeConfig, federation: FederationConfig) -> Result<Running> {
+    // TCP_NODELAY: streamed answers (watch events, keep-alives, lock waits)
+    // go out in small writes that Nagle's algorithm would hold back until
+    // the client's delayed ACK, about 40 ms each.
     let listener = tokio::net::TcpListener::bind(config.client_addr)
         .await
-        .with_context(|| format!("cannot listen for clients on {}", config.client_addr))?;
+        .with_context(|| format!("cannot listen for clients on {}", config.client_addr))?
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
+            }
+        });
     let name = config.name.clone();
     let node = Node::start(config)
         .await
