@@ -125,7 +125,18 @@ pub async fn run(
         .context("list leases")?
         .json()
         .await?;
-    let alive = v["leases"].as_array().map_or(0, Vec::len);
+    // This run's leases only (an earlier round's may still be alive).
+    let existing: std::collections::HashSet<i64> = v["leases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(id_of)
+        .collect();
+    let alive = shares
+        .iter()
+        .flatten()
+        .filter(|id| existing.contains(id))
+        .count();
     let ms = |us: u64| us as f64 / 1000.0;
     Ok(Leases {
         grants_per_s,
