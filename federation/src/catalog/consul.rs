@@ -32,6 +32,8 @@ use std::time::Duration;
 /// A blocking query's wait when none is given, and the longest allowed.
 const WAIT_DEFAULT: Duration = Duration::from_secs(300);
 const WAIT_MAX: Duration = Duration::from_secs(600);
+/// Most revisions a blocking query reads through to find a catalog change.
+const FOLLOW_MAX: i64 = 100_000;
 
 pub(super) fn routes(catalog: Catalog) -> Router {
     Router::new()
@@ -317,6 +319,14 @@ async fn wait_for_change(catalog: &Catalog, service: Option<&str>, index: i64, w
     let deadline = tokio::time::Instant::now() + wait;
     let mut revisions = node.subscribe_revisions();
     let mut from = index + 1;
+    // An index far behind is answered at once rather than followed through
+    // its whole history (a client from before a restore, or a made-up one).
+    if node
+        .revisions()
+        .is_ok_and(|(current, _)| current - index > FOLLOW_MAX)
+    {
+        return;
+    }
     loop {
         let current = match node.revisions() {
             Ok((current, _)) => current,
