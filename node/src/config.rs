@@ -174,7 +174,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             _ => return None,
         };
         rest = &rest[unit..];
-        total += Duration::try_from_secs_f64(number * scale).ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(number * scale).ok()?)?;
     }
     Some(total)
 }
@@ -194,5 +194,9 @@ mod tests {
         assert_eq!(parse_duration(""), None);
         assert_eq!(parse_duration("10 parsecs"), None);
         assert_eq!(parse_duration("s"), None);
+        assert_eq!(
+            parse_duration("18446744073709551615s18446744073709551615s"),
+            None
+        );
     }
 }

@@ -409,7 +409,7 @@ fn compaction_settings(
         }
         (Some("periodic"), Some(r)) => {
             let window = match r.trim().parse::<u64>() {
-                Ok(hours) => Some(Duration::from_secs(hours * 3600)),
+                Ok(hours) => hours.checked_mul(3600).map(Duration::from_secs),
                 Err(_) => meridian_node::config::parse_duration(r),
             };
             match window {

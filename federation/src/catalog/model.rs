@@ -12,6 +12,8 @@ pub use meridian_node::config::parse_duration;
 const TAGS_MAX: usize = 64;
 /// Most metadata entries on one instance.
 const META_MAX: usize = 64;
+/// Longest interval, timeout, TTL or deregistration delay a check may have.
+const DURATION_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 /// Transitions kept in an instance's health history.
 pub const HISTORY_MAX: usize = 10;
 
@@ -360,9 +362,11 @@ impl CheckSpec {
             match v {
                 None => Ok(None),
                 Some(s) => match parse_duration(s) {
-                    Some(d) if !d.is_zero() => Ok(Some(d.as_millis().max(1) as u64)),
+                    Some(d) if !d.is_zero() && d <= DURATION_MAX => {
+                        Ok(Some(d.as_millis().max(1) as u64))
+                    }
                     _ => Err(CatalogError::Invalid(format!(
-                        "check.{field}: {s:?} is not a duration greater than zero (e.g. \"10s\", \"500ms\")"
+                        "check.{field}: {s:?} is not a duration greater than zero and at most 30 days (e.g. \"10s\", \"500ms\")"
                     ))),
                 },
             }
