@@ -254,7 +254,7 @@ pub fn verify(path: &Path) -> Result<Manifest, BackupError> {
         )));
     }
     let start = (12 + manifest_len) as u64;
-    if start + manifest.snapshot_bytes != body {
+    if start.checked_add(manifest.snapshot_bytes) != Some(body) {
         return Err(BackupError::Corrupt(
             "snapshot length does not match the manifest".into(),
         ));
