@@ -47,7 +47,7 @@ async fn a_learner_catches_up_under_load_is_promoted_and_unsafe_changes_are_refu
             let key = format!("/load/{i}");
             match put(&writer_urls[i % 3], &key, "v").await {
                 Ok((200, _)) => acked.push(key),
-                Ok((503, _)) | Err(_) => retryable += 1,
+                Ok((503 | 504, _)) | Err(_) => retryable += 1,
                 Ok((code, v)) => panic!("write {i}: {code} {v}"),
             }
         }
