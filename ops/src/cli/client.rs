@@ -57,6 +57,25 @@ impl Endpoints {
             .await
     }
 
+    /// The current leader's client URL, as any of these endpoints tells it
+    /// (`GET /v1/members`).
+    pub async fn leader(&self) -> Result<Endpoints> {
+        let v = self.get("/v1/members").await?;
+        let id = v["leader"].as_str().unwrap_or("");
+        let url = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"].as_str() == Some(id))
+            .and_then(|m| m["client_url"].as_str())
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| anyhow!("no leader is known now; retry shortly"))?;
+        Ok(Endpoints {
+            endpoints: vec![url.to_string()],
+            dc: self.dc.clone(),
+        })
+    }
+
     /// Sends the request `build` makes to each endpoint in turn until one answers.
     async fn first_answer(
         &self,
@@ -89,4 +108,12 @@ impl Endpoints {
         }
         Err(last.unwrap_or_else(|| anyhow!("no endpoints given")))
     }
+}
+
+/// A name checked for use as one segment of a URL path.
+pub fn path_segment(name: &str) -> Result<&str> {
+    if name.is_empty() || name.contains(['/', '?', '#', '%']) {
+        return Err(anyhow!("{name:?} cannot be used in a URL path"));
+    }
+    Ok(name)
 }

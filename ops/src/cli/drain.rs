@@ -63,21 +63,8 @@ pub async fn drain(args: DrainArgs) -> Result<()> {
 pub async fn leader(args: LeaderArgs) -> Result<()> {
     match args.command {
         LeaderCommand::Transfer => {
-            let v = args.endpoints.get("/v1/members").await?;
-            let id = v["leader"].as_str().unwrap_or("").to_string();
-            let Some(url) = v["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|m| m["id"].as_str() == Some(id.as_str()))
-                .and_then(|m| m["client_url"].as_str())
-            else {
-                bail!("no leader is known now; retry shortly");
-            };
-            let leader = Endpoints {
-                endpoints: vec![url.to_string()],
-                dc: args.endpoints.dc.clone(),
-            };
+            let leader = args.endpoints.leader().await?;
+            let url = leader.endpoints[0].clone();
             let result = leader.post("/admin/drain", &json!({})).await;
             leader.delete("/admin/drain").await?;
             let v = result?;

@@ -2,7 +2,7 @@
 //! server asked sees them (`GET /v1/datacenters`), and the replication rules
 //! (`/v1/federation/replication`): list, set, delete, promote.
 
-use super::client::Endpoints;
+use super::client::{path_segment, Endpoints};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
@@ -100,10 +100,10 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 fn rule_path(name: &str) -> Result<String> {
-    if name.is_empty() || name.contains(['/', '?', '#', '%']) {
-        bail!("rule name {name:?} cannot be used in a URL path");
-    }
-    Ok(format!("/v1/federation/replication/{name}"))
+    Ok(format!(
+        "/v1/federation/replication/{}",
+        path_segment(name)?
+    ))
 }
 
 /// The strings of a JSON array, comma-separated.

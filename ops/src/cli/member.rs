@@ -1,6 +1,6 @@
 //! `meridian member list | add | promote | remove` and `meridian status`.
 
-use super::client::Endpoints;
+use super::client::{path_segment, Endpoints};
 use anyhow::Result;
 use serde_json::{json, Value};
 
@@ -45,24 +45,6 @@ enum Command {
     },
 }
 
-/// The leader's client URL, as any endpoint tells it.
-async fn leader(endpoints: &Endpoints) -> Result<Endpoints> {
-    let v = endpoints.get("/v1/members").await?;
-    let id = s(&v, "leader");
-    let url = v["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| s(m, "id") == id)
-        .map(|m| s(m, "client_url"))
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("no leader is known now; retry shortly"))?;
-    Ok(Endpoints {
-        endpoints: vec![url],
-        dc: endpoints.dc.clone(),
-    })
-}
-
 fn member_line(m: &Value) -> String {
     format!(
         "{} {} role={} lag={}",
@@ -84,6 +66,10 @@ pub async fn run(args: Args) -> Result<()> {
                 .endpoints
                 .post("/v3/cluster/member/list", &json!({}))
                 .await?;
+            let leader_view = match args.endpoints.leader().await {
+                Ok(l) => l.get("/v1/members").await.ok(),
+                Err(_) => None,
+            };
             for m in resp
                 .get("members")
                 .and_then(Value::as_array)
@@ -108,21 +94,16 @@ pub async fn run(args: Args) -> Result<()> {
                     "voter"
                 };
                 // The leader's view of its log, and the member's own status.
-                let lag = match leader(&args.endpoints).await {
-                    Ok(l) => l
-                        .get("/v1/members")
-                        .await
-                        .ok()
-                        .and_then(|v| {
-                            v["members"]
-                                .as_array()?
-                                .iter()
-                                .find(|x| s(x, "name") == s(m, "name"))
-                                .map(|x| x["lag"].to_string())
-                        })
-                        .unwrap_or_else(|| "?".into()),
-                    Err(_) => "?".into(),
-                };
+                let lag = leader_view
+                    .as_ref()
+                    .and_then(|v| {
+                        v["members"]
+                            .as_array()?
+                            .iter()
+                            .find(|x| s(x, "name") == s(m, "name"))
+                            .map(|x| x["lag"].to_string())
+                    })
+                    .unwrap_or_else(|| "?".into());
                 let own = Endpoints {
                     endpoints: vec![client.to_string()],
                     dc: None,
@@ -153,7 +134,7 @@ pub async fn run(args: Args) -> Result<()> {
             if !learner {
                 anyhow::bail!("a new server joins as a learner: add --learner, then `meridian member promote {name}` once it has caught up");
             }
-            let v = leader(&args.endpoints)
+            let v = args.endpoints.leader()
                 .await?
                 .post(
                     "/v1/members",
@@ -163,16 +144,22 @@ pub async fn run(args: Args) -> Result<()> {
             println!("added {}", member_line(&v));
         }
         Command::Promote { name } => {
-            let v = leader(&args.endpoints)
+            let v = args
+                .endpoints
+                .leader()
                 .await?
-                .post(&format!("/v1/members/{name}/promote"), &json!({}))
+                .post(
+                    &format!("/v1/members/{}/promote", path_segment(&name)?),
+                    &json!({}),
+                )
                 .await?;
             println!("promoted {}", member_line(&v));
         }
         Command::Remove { name } => {
-            leader(&args.endpoints)
+            args.endpoints
+                .leader()
                 .await?
-                .delete(&format!("/v1/members/{name}"))
+                .delete(&format!("/v1/members/{}", path_segment(&name)?))
                 .await?;
             println!("removed {name}");
         }

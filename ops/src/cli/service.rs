@@ -1,7 +1,7 @@
 //! `meridian service` (register, deregister, list, health, report) and
 //! `meridian lookup`: the service catalog from the command line.
 
-use super::client::Endpoints;
+use super::client::{path_segment, Endpoints};
 use super::federation::comma_joined;
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
@@ -178,7 +178,7 @@ pub async fn run(args: Args) -> Result<()> {
             }
         }
         Command::Health { service, passing } => {
-            check_segment(&service)?;
+            path_segment(&service)?;
             let path = format!(
                 "/v1/health/service/{service}{}",
                 if passing { "?passing" } else { "" }
@@ -203,8 +203,8 @@ pub async fn run(args: Args) -> Result<()> {
             status,
             output,
         } => {
-            check_segment(&service)?;
-            check_segment(&id)?;
+            path_segment(&service)?;
+            path_segment(&id)?;
             let v = e
                 .put(
                     &format!("/v1/health/check/{service}/{id}"),
@@ -244,7 +244,7 @@ pub struct LookupArgs {
 
 /// Prints where the answer came from, then one line per instance.
 pub async fn lookup(args: LookupArgs) -> Result<()> {
-    check_segment(&args.service)?;
+    path_segment(&args.service)?;
     let mut query = Vec::new();
     for (k, v) in [
         ("failover", args.failover),
@@ -276,13 +276,6 @@ pub async fn lookup(args: LookupArgs) -> Result<()> {
             i["port"],
             comma_joined(&i["tags"])
         );
-    }
-    Ok(())
-}
-
-fn check_segment(s: &str) -> Result<()> {
-    if s.is_empty() || s.contains(['/', '?', '#', '%']) {
-        bail!("{s:?} cannot be used in a URL path");
     }
     Ok(())
 }

@@ -58,6 +58,8 @@ pub struct Server {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub servers: Vec<Server>,
+    /// The datacenter's name.
+    pub datacenter: String,
 }
 
 /// How to start a test datacenter.
@@ -168,7 +170,11 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut cluster = Cluster { dir, servers };
+        let mut cluster = Cluster {
+            dir,
+            servers,
+            datacenter: spec.datacenter.clone(),
+        };
         for name in &names {
             prepare(&cluster.dir.path().join(name), name);
         }
@@ -188,7 +194,7 @@ impl Cluster {
         let tls = self.tls_dir();
         let status = Command::new(binary())
             .args(["tls", "init", "--datacenter"])
-            .arg(self.datacenter())
+            .arg(&self.datacenter)
             .arg("--dir")
             .arg(&tls)
             .arg("--names")
@@ -237,16 +243,6 @@ impl Cluster {
     /// Server `i`'s configuration file (to change it before a restart).
     pub fn config_path(&self, i: usize) -> &Path {
         &self.servers[i].config
-    }
-
-    /// The datacenter's name, as the first server's configuration says.
-    pub fn datacenter(&self) -> String {
-        let config = std::fs::read_to_string(&self.servers[0].config).expect("config");
-        config
-            .lines()
-            .find_map(|l| l.strip_prefix("datacenter = "))
-            .map(|v| v.trim_matches('"').to_string())
-            .expect("datacenter in config")
     }
 
     /// Where this datacenter's CA is (to share it with other datacenters).
