@@ -156,9 +156,24 @@ pub(crate) fn error(
     message: String,
     known: Option<Vec<String>>,
 ) -> Response {
+    let extra = match known {
+        Some(known) => serde_json::json!({ "datacenters": known }),
+        None => serde_json::Value::Null,
+    };
+    error_with(status, code, message, extra)
+}
+
+/// An error in the client API's JSON shape with `extra`'s fields beside
+/// `error`, `code` and `message`.
+pub(crate) fn error_with(
+    status: StatusCode,
+    code: i32,
+    message: String,
+    extra: serde_json::Value,
+) -> Response {
     let mut body = serde_json::json!({ "error": message, "code": code, "message": message });
-    if let Some(known) = known {
-        body["datacenters"] = serde_json::json!(known);
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
     }
     (
         status,

@@ -207,7 +207,7 @@ pub(super) async fn run(
             }
             match &check.probe {
                 Probe::Ttl { ttl_ms } => {
-                    let lapsed = !entry.ttl_alive
+                    let lapsed = entry.ttl_lease.is_none()
                         && entry.health.status != Status::Critical
                         && entry.health_revision != 0;
                     if lapsed {

@@ -17,8 +17,7 @@
 //! this server's state without asking the leader; `dc=` runs the request in
 //! another datacenter (the federation's forwarding).
 
-use super::model::{Probe, Status};
-use super::store::{self, Entry, Snapshot, PREFIX};
+use super::store::{self, Entry, Filter, Snapshot, PREFIX};
 use super::{Catalog, CatalogError};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -90,12 +89,12 @@ async fn catalog_service(
     Path(name): Path<String>,
     Query(q): Params,
 ) -> Response {
-    let tags = wanted_tags(&q);
+    let filter = Filter::of(&q, false);
     respond(&catalog, Some(&name), &q, |snapshot, dc| {
         let list: Vec<Value> = snapshot
             .entries
             .values()
-            .filter(|e| has_tags(e, &tags))
+            .filter(|e| filter.keeps(e))
             .map(|e| {
                 let i = &e.instance;
                 json!({
@@ -131,16 +130,12 @@ async fn health_service(
     Path(name): Path<String>,
     Query(q): Params,
 ) -> Response {
-    let tags = wanted_tags(&q);
-    let passing = q
-        .get("passing")
-        .is_some_and(|v| !matches!(v.as_str(), "false" | "0"));
+    let filter = Filter::of(&q, true);
     respond(&catalog, Some(&name), &q, |snapshot, dc| {
         let list: Vec<Value> = snapshot
             .entries
             .values()
-            .filter(|e| has_tags(e, &tags))
-            .filter(|e| !passing || e.health.status == Status::Passing)
+            .filter(|e| filter.keeps(e))
             .map(|e| health_entry(e, dc))
             .collect();
         json!(list)
@@ -152,17 +147,13 @@ async fn health_service(
 /// per instance, with `__meta_meridian_*` labels (`service=`, `tag=` and
 /// `passing` filter).
 async fn prometheus_sd(State(catalog): State<Catalog>, Query(q): Params) -> Response {
-    let tags = wanted_tags(&q);
+    let filter = Filter::of(&q, true);
     let service = q.get("service").cloned();
-    let passing = q
-        .get("passing")
-        .is_some_and(|v| !matches!(v.as_str(), "false" | "0"));
     respond(&catalog, service.as_deref(), &q, |snapshot, dc| {
         let groups: Vec<Value> = snapshot
             .entries
             .values()
-            .filter(|e| has_tags(e, &tags))
-            .filter(|e| !passing || e.health.status == Status::Passing)
+            .filter(|e| filter.keeps(e))
             .map(|e| {
                 let i = &e.instance;
                 let host = if i.address.contains(':') {
@@ -213,7 +204,7 @@ fn health_entry(e: &Entry, dc: &str) -> Value {
             "ServiceID": i.id,
             "ServiceName": i.service,
             "ServiceTags": i.tags,
-            "Type": match c.probe { Probe::Ttl { .. } => "ttl", Probe::Http { .. } => "http", Probe::Tcp { .. } => "tcp" },
+            "Type": c.probe.kind(),
             "CreateIndex": e.mod_revision,
             "ModifyIndex": e.health_revision.max(e.mod_revision),
         })],
@@ -242,14 +233,6 @@ fn health_entry(e: &Entry, dc: &str) -> Value {
         "StatusSince": e.health.since_ms,
         "History": e.health.history,
     })
-}
-
-fn wanted_tags(q: &HashMap<String, String>) -> Vec<String> {
-    q.get("tag").map(|t| vec![t.clone()]).unwrap_or_default()
-}
-
-fn has_tags(e: &Entry, tags: &[String]) -> bool {
-    tags.iter().all(|t| e.instance.tags.contains(t))
 }
 
 /// Reads (after waiting, for a blocking query), renders and adds Consul's

@@ -5,9 +5,10 @@
 //! gets at most one timeout; the answer names the datacenter that served it
 //! and every datacenter tried.
 
-use super::model::{check_name, Status};
+use super::model::check_name;
 use super::store::{self, Entry};
-use super::{error_with, Catalog, CatalogError};
+use super::{Catalog, CatalogError};
+use crate::forward::error_with;
 use crate::Federation;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -182,15 +183,14 @@ async fn local_instances(
 ) -> Result<Vec<Value>, CatalogError> {
     let stale = query.contains_key("stale");
     let snapshot = store::read(&catalog.node, Some(service), stale).await?;
-    let tag = query.get("tag");
+    let filter = store::Filter {
+        tag: query.get("tag").cloned(),
+        passing: true,
+    };
     Ok(snapshot
         .entries
         .values()
-        .filter(|e| e.health.status == Status::Passing)
-        .filter(|e| match tag {
-            Some(t) => e.instance.tags.contains(t),
-            None => true,
-        })
+        .filter(|e| filter.keeps(e))
         .map(|e| instance_json(catalog.datacenter(), e))
         .collect())
 }

@@ -20,7 +20,6 @@ pub mod model;
 pub mod store;
 
 use crate::metrics::CatalogMetrics;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use meridian_node::{Node, NodeError};
@@ -89,25 +88,6 @@ impl IntoResponse for CatalogError {
         let status = meridian_node::api::http_status(code);
         crate::forward::error(status, code, self.to_string(), None)
     }
-}
-
-/// An error response with extra fields beside `error`, `code`, `message`.
-fn error_with(
-    status: StatusCode,
-    code: i32,
-    message: String,
-    extra: serde_json::Value,
-) -> Response {
-    let mut body = serde_json::json!({ "error": message, "code": code, "message": message });
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        body.extend(extra.clone());
-    }
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
 }
 
 /// The catalog of one server: its node, and the federation for failover.

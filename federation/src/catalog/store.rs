@@ -15,7 +15,7 @@
 use super::model::{Health, Instance, Probe, Status, Valid};
 use super::CatalogError;
 use meridian_node::kv::{
-    prefix_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest,
+    prefix_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest,
 };
 use meridian_node::Node;
@@ -54,8 +54,8 @@ pub struct Entry {
     pub health: Health,
     /// The revision of the health record (0 if missing).
     pub health_revision: i64,
-    /// Whether its TTL check's last report still holds.
-    pub ttl_alive: bool,
+    /// The lease of its TTL check's last report, while that report holds.
+    pub ttl_lease: Option<i64>,
 }
 
 /// The catalog (or one service of it) at one revision.
@@ -103,7 +103,11 @@ pub async fn read(
     };
     let health = node.range_local(at(part("health")))?.1.kvs;
     let ttl = node.range_local(at(part("ttl")))?.1.kvs;
-    let checkers = node.range_local(at(format!("{PREFIX}checkers/")))?.1.kvs;
+    // Only the check runner, reading the whole catalog, needs the checkers.
+    let checkers = match service {
+        None => node.range_local(at(format!("{PREFIX}checkers/")))?.1.kvs,
+        Some(_) => Vec::new(),
+    };
     let mut snapshot = Snapshot {
         revision,
         ..Default::default()
@@ -117,8 +121,10 @@ pub async fn read(
             healths.insert(name, (h, kv.mod_revision));
         }
     }
-    let alive: std::collections::BTreeSet<(String, String)> =
-        ttl.iter().filter_map(|kv| split(&kv.key, "ttl")).collect();
+    let reports: BTreeMap<(String, String), i64> = ttl
+        .iter()
+        .filter_map(|kv| Some((split(&kv.key, "ttl")?, kv.lease)))
+        .collect();
     for kv in services.kvs {
         let Some(name) = split(&kv.key, "service") else {
             continue;
@@ -129,7 +135,7 @@ pub async fn read(
         let (health, health_revision) = healths
             .remove(&name)
             .unwrap_or_else(|| (Health::initial(instance.check.as_ref(), "", 0), 0));
-        let ttl_alive = alive.contains(&name);
+        let ttl_lease = reports.get(&name).copied();
         snapshot.entries.insert(
             name,
             Entry {
@@ -138,7 +144,7 @@ pub async fn read(
                 lease: kv.lease,
                 health,
                 health_revision,
-                ttl_alive,
+                ttl_lease,
             },
         );
     }
@@ -151,6 +157,36 @@ pub async fn read(
         })
         .collect();
     Ok(snapshot)
+}
+
+/// The `tag=` and `passing` filters of a read.
+pub(crate) struct Filter {
+    /// Keep instances with this tag.
+    pub tag: Option<String>,
+    /// Keep passing instances only.
+    pub passing: bool,
+}
+
+impl Filter {
+    /// The filters a query asks for; `passing` only where the endpoint has
+    /// it (`passing`, `passing=true`; not `passing=false` or `0`).
+    pub fn of(q: &std::collections::HashMap<String, String>, passing_allowed: bool) -> Filter {
+        Filter {
+            tag: q.get("tag").cloned(),
+            passing: passing_allowed
+                && q.get("passing")
+                    .is_some_and(|v| !matches!(v.as_str(), "false" | "0")),
+        }
+    }
+
+    /// Whether an instance passes.
+    pub fn keeps(&self, e: &Entry) -> bool {
+        let tagged = match &self.tag {
+            Some(t) => e.instance.tags.contains(t),
+            None => true,
+        };
+        tagged && (!self.passing || e.health.status == Status::Passing)
+    }
 }
 
 /// (service, id) of `<PREFIX><part>/<service>/<id>`.
@@ -354,7 +390,7 @@ pub async fn report(
         )));
     };
     let marker = key("ttl", service, id);
-    let renewed = match marker_lease(node, &marker)? {
+    let renewed = match entry.ttl_lease.filter(|l| *l != 0) {
         Some(lease) => node.lease_keep_alive(lease).await?.1 > 0,
         None => false,
     };
@@ -395,18 +431,4 @@ pub async fn report(
         )));
     }
     Ok(status)
-}
-
-/// The lease of a TTL check's marker, if it exists (this server's state).
-fn marker_lease(node: &Node, marker: &[u8]) -> Result<Option<i64>, CatalogError> {
-    let (_, found) = node.range_local(RangeRequest {
-        key: marker.to_vec(),
-        serializable: true,
-        ..Default::default()
-    })?;
-    Ok(found
-        .kvs
-        .first()
-        .map(|kv: &KeyValue| kv.lease)
-        .filter(|l| *l != 0))
 }
