@@ -212,6 +212,25 @@ pub fn write(
 
 /// Checks a backup file end to end and answers its manifest.
 pub fn verify(path: &Path) -> Result<Manifest, BackupError> {
+    verify_at(path).map(|(manifest, _)| manifest)
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    ctx: Context,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// [`verify`], also answering where the snapshot part starts.
+fn verify_at(path: &Path) -> Result<(Manifest, u64), BackupError> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     if len < (MAGIC.len() + 4 + 32) as u64 {
@@ -259,15 +278,24 @@ pub fn verify(path: &Path) -> Result<Manifest, BackupError> {
             "snapshot length does not match the manifest".into(),
         ));
     }
-    if hex(&sha256_of(&mut file, start, manifest.snapshot_bytes)?) != manifest.snapshot_sha256 {
+    // The snapshot's structure and its own digest, in one pass.
+    file.seek(SeekFrom::Start(start))?;
+    let mut snapshot = Hashing {
+        inner: BufReader::with_capacity(1 << 20, file.take(manifest.snapshot_bytes)),
+        ctx: Context::new(&SHA256),
+    };
+    snapshot::walk_reader(&mut snapshot, snapshot::known_table)?;
+    if std::io::copy(&mut snapshot, &mut std::io::sink())? != 0 {
+        return Err(BackupError::Corrupt(
+            "bytes after the snapshot's end".into(),
+        ));
+    }
+    if hex(snapshot.ctx.finish().as_ref()) != manifest.snapshot_sha256 {
         return Err(BackupError::Corrupt(
             "snapshot SHA-256 does not match the manifest".into(),
         ));
     }
-    file.seek(SeekFrom::Start(start))?;
-    let snapshot = BufReader::with_capacity(1 << 20, file.take(manifest.snapshot_bytes));
-    snapshot::walk_reader(snapshot, snapshot::known_table)?;
-    Ok(manifest)
+    Ok((manifest, start))
 }
 
 /// Seeds `data_dir` for server `name` of a new datacenter whose initial
@@ -281,7 +309,7 @@ pub fn restore(
     name: &str,
     members: &[String],
 ) -> Result<Manifest, BackupError> {
-    let manifest = verify(path)?;
+    let (manifest, start) = verify_at(path)?;
     let mut members: Vec<String> = members.to_vec();
     members.sort();
     members.dedup();
@@ -303,12 +331,6 @@ pub fn restore(
     let storage = |e: &dyn std::fmt::Display| BackupError::Storage(e.to_string());
     let env = open_env(&data_dir.join("state"), EnvKind::State).map_err(|e| storage(&e))?;
     let store = KvStore::open(env).map_err(|e| storage(&e))?;
-    let start = {
-        let mut head = [0u8; 12];
-        let mut f = std::fs::File::open(path)?;
-        f.read_exact(&mut head)?;
-        12 + u32::from_be_bytes([head[8], head[9], head[10], head[11]]) as u64
-    };
     snapshot::install_from(&store, || {
         let mut f = std::fs::File::open(path)?;
         f.seek(SeekFrom::Start(start))?;

@@ -50,20 +50,13 @@ impl Node {
         if self.is_leader() {
             return Ok(());
         }
-        Err(refused(match self.leader_member() {
+        Err(refused(match self.known_leader().map(|(_, m)| m) {
             Some(m) => format!(
                 "membership changes run on the leader: {} at {}",
                 m.name, m.client_url
             ),
             None => "membership changes run on the leader, and none is known now".into(),
         }))
-    }
-
-    fn leader_member(&self) -> Option<Member> {
-        let id = self.status().ok()?.leader;
-        let metrics = self.raft().metrics();
-        let m = metrics.borrow();
-        m.membership_config.membership().get_node(&id).cloned()
     }
 
     /// Every member, with how far behind the leader each is (known on the

@@ -537,7 +537,7 @@ impl Node {
     }
 
     /// The leader as this server last heard, with its address.
-    fn known_leader(&self) -> Option<(u64, Member)> {
+    pub(crate) fn known_leader(&self) -> Option<(u64, Member)> {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
         let id = m.current_leader?;
