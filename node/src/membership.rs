@@ -8,7 +8,7 @@ use crate::kv::KvError;
 use crate::raft::{member_id, Member, PeerRequest};
 use crate::server::{Node, NodeError};
 use openraft::ChangeMembers;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// A learner may be promoted when it is at most this many entries behind.
@@ -187,26 +187,21 @@ impl Node {
         if remaining.is_empty() {
             return Err(refused(format!("{name} is the last voter")));
         }
-        let metrics = self.raft().metrics().borrow().clone();
-        let nodes: BTreeMap<u64, Member> = metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, m)| (*id, m.clone()))
-            .collect();
         let mut alive = Vec::new();
         let mut silent = Vec::new();
         for m in &remaining {
-            let answered = if m.id == self.id() {
-                true
-            } else if let Some(member) = nodes.get(&m.id) {
-                self.network()
-                    .send(member, &PeerRequest::LeaseClock(0), PROBE_TIMEOUT)
-                    .await
-                    .is_ok()
-            } else {
-                false
+            let member = Member {
+                name: m.name.clone(),
+                peer_addr: m.peer_addr.clone(),
+                client_url: m.client_url.clone(),
             };
+            let answered = m.id == self.id()
+                || self
+                    .network()
+                    // Every server version understands this question.
+                    .send(&member, &PeerRequest::LeaseClock(0), PROBE_TIMEOUT)
+                    .await
+                    .is_ok();
             if answered {
                 alive.push(m.name.clone());
             } else {
