@@ -83,14 +83,13 @@ pub(crate) async fn run(node: Node) {
             continue;
         };
         let now = Instant::now();
-        samples.push_back((now, current));
+        // Only a time window needs to remember which revision was current when.
         if let Retention::Periodic(window) = settings.retention {
+            samples.push_back((now, current));
             // Keep one sample older than the window, and everything newer.
             while samples.len() > 1 && now.duration_since(samples[1].0) >= window {
                 samples.pop_front();
             }
-        } else {
-            samples.clear();
         }
         if !node.is_leader() {
             continue;

@@ -675,46 +675,6 @@ async fn consul_blocking_queries_wait_for_a_catalog_change() {
     assert_eq!(status, 400, "{v}");
 }
 
-/// A running scraper (Prometheus or VictoriaMetrics' vmagent, from Debian's
-/// packages), stopped on drop.
-struct Scraper {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Scraper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `program` with its config; `args` gets the config path, the
-/// data directory and the listen address.
-fn start_scraper(
-    program: &str,
-    config: &str,
-    args: impl Fn(&std::path::Path, &std::path::Path, &str) -> Vec<String>,
-) -> Scraper {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("scrape.yml");
-    std::fs::write(&path, config).expect("write config");
-    let listen = format!("127.0.0.1:{}", free_ports().0);
-    let log = std::fs::File::create(dir.path().join("scraper.log")).expect("log");
-    let child = std::process::Command::new(program)
-        .args(args(&path, &dir.path().join("data"), &listen))
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} (installed by .ci/run from Debian's packages): {e}"));
-    Scraper {
-        child,
-        url: format!("http://{listen}"),
-        _dir: dir,
-    }
-}
-
 /// (datacenter, service id) of the scraper's active targets, read from the
 /// discovered labels `<prefix>dc`/`datacenter` and `<prefix>service_id`.
 async fn discovered(scraper: &str, dc_label: &str, id_label: &str) -> BTreeSet<(String, String)> {
@@ -832,13 +792,7 @@ async fn prometheus_discovers_the_instances_of_two_datacenters_through_http_serv
              - job_name: dc1\n  http_sd_configs:\n  - url: '{dc1}/v1/catalog/prometheus?service=api'\n    refresh_interval: 1s\n\
              - job_name: dc2\n  http_sd_configs:\n  - url: '{dc1}/v1/catalog/prometheus?service=api&dc=dc2'\n    refresh_interval: 1s\n"
         );
-        start_scraper("prometheus", &config, |config, data, listen| {
-            vec![
-                format!("--config.file={}", config.display()),
-                format!("--storage.tsdb.path={}", data.display()),
-                format!("--web.listen-address={listen}"),
-            ]
-        })
+        start_prometheus(&config)
     };
     discovery_follows_the_catalog(
         &dcs,

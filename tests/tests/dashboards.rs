@@ -320,27 +320,14 @@ async fn every_metric_the_dashboards_use_is_exported_and_prometheus_fires_no_lea
         }
     }
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n- alerts.yml\n- recording.yml\n\
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n- {}\n- {}\n\
          scrape_configs:\n- job_name: meridian\n  static_configs:\n  - targets: [{}]\n",
+        dir.path().join("alerts.yml").display(),
+        dir.path().join("recording.yml").display(),
         targets.join(", ")
     );
-    std::fs::write(dir.path().join("prometheus.yml"), config).expect("write");
-    let listen = format!("127.0.0.1:{}", free_ports().0);
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={listen}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package, installed by .ci/run)");
-    let api = format!("http://{listen}/api/v1");
+    let prometheus = start_prometheus(&config);
+    let api = format!("{}/api/v1", prometheus.url);
     // Prometheus sees dc1's leader first.
     let mut seen = Value::Null;
     for _ in 0..150 {
@@ -391,7 +378,6 @@ async fn every_metric_the_dashboards_use_is_exported_and_prometheus_fires_no_lea
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
+    drop(prometheus);
     assert!(fired, "MeridianNoLeader never fired for dc1: {firing}");
 }

@@ -553,3 +553,56 @@ pub async fn send(method: reqwest::Method, url: &str, body: Option<Value>) -> (u
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+// External scrapers for discovery and alert tests.
+
+/// A running scraper (Prometheus or VictoriaMetrics' vmagent, from Debian's
+/// packages), stopped on drop.
+pub struct Scraper {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program` with its config; `args` gets the config path, the
+/// data directory and the listen address.
+pub fn start_scraper(
+    program: &str,
+    config: &str,
+    args: impl Fn(&std::path::Path, &std::path::Path, &str) -> Vec<String>,
+) -> Scraper {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scrape.yml");
+    std::fs::write(&path, config).expect("write config");
+    let listen = format!("127.0.0.1:{}", free_ports().0);
+    let log = std::fs::File::create(dir.path().join("scraper.log")).expect("log");
+    let child = std::process::Command::new(program)
+        .args(args(&path, &dir.path().join("data"), &listen))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (installed by .ci/run from Debian's packages): {e}"));
+    Scraper {
+        child,
+        url: format!("http://{listen}"),
+        _dir: dir,
+    }
+}
+
+/// Starts Debian's Prometheus with `config`.
+pub fn start_prometheus(config: &str) -> Scraper {
+    start_scraper("prometheus", config, |config, data, listen| {
+        vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", data.display()),
+            format!("--web.listen-address={listen}"),
+        ]
+    })
+}
