@@ -159,6 +159,9 @@ struct Inner {
     nospace: AtomicBool,
     /// Set while the server drains before it stops.
     draining: AtomicBool,
+    /// When this server last became leader (for the handover in
+    /// [`crate::drain`], which must wait out its own leader lease).
+    led_since: std::sync::Mutex<Option<Instant>>,
     /// What each member advertised when this server, leading, last asked.
     versions_seen: std::sync::Mutex<BTreeMap<u64, crate::version::Advertised>>,
     /// Held while the server runs: no second server or tool rewrites the
@@ -357,6 +360,7 @@ impl Node {
                 metrics,
                 nospace: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
+                led_since: std::sync::Mutex::new(None),
                 versions_seen: Default::default(),
                 _lock: lock,
             }),
@@ -989,6 +993,15 @@ impl Node {
         &self.inner.draining
     }
 
+    /// When this server became leader, if it leads.
+    pub(crate) fn led_since(&self) -> Option<Instant> {
+        *self
+            .inner
+            .led_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn raft(&self) -> &Raft {
         &self.inner.raft
     }
@@ -1124,6 +1137,7 @@ impl Node {
                 PeerResponse::LeaseClock(self.leader_lease_clock(id, true))
             }
             PeerRequest::Version => PeerResponse::Version(self.advertised()),
+            PeerRequest::Campaign { term } => PeerResponse::Campaign(self.campaign(term).await),
             PeerRequest::LeaseClock(id) => {
                 PeerResponse::LeaseClock(self.leader_lease_clock(id, false))
             }
@@ -1256,6 +1270,7 @@ async fn feed_recent(node: Node) {
 async fn watch_raft_metrics(node: Node) {
     let mut rx = node.inner.raft.metrics();
     let mut last_leader: Option<u64> = None;
+    let mut led_term: Option<u64> = None;
     let mut ticks: u32 = 0;
     loop {
         let changed = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
@@ -1275,6 +1290,15 @@ async fn watch_raft_metrics(node: Node) {
         metrics
             .applied_index
             .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        let leading = (m.state == ServerState::Leader).then_some(m.current_term);
+        if leading != led_term {
+            *node
+                .inner
+                .led_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = leading.map(|_| Instant::now());
+            led_term = leading;
+        }
         if m.current_leader != last_leader {
             if m.current_leader.is_some() {
                 metrics.leader_changes.inc();

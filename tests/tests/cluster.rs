@@ -107,6 +107,7 @@ async fn a_server_down_while_the_log_was_purged_catches_up_by_snapshot() {
         RaftTuning {
             snapshot_logs: 50,
             purge_lag_logs: 5,
+            ..RaftTuning::default()
         },
     )
     .await;

@@ -179,6 +179,7 @@ async fn defrag_shrinks_a_stopped_servers_files_while_the_others_take_writes() {
         RaftTuning {
             snapshot_logs: 300,
             purge_lag_logs: 10,
+            ..RaftTuning::default()
         },
     )
     .await;

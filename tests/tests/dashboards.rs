@@ -179,6 +179,7 @@ async fn federation() -> Vec<Cluster> {
             tuning: RaftTuning {
                 snapshot_logs: 20,
                 purge_lag_logs: 5,
+                ..RaftTuning::default()
             },
             ca_from: out.first().map(Cluster::tls_dir),
             extra: (0..plan.ports.len())

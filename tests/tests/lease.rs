@@ -185,6 +185,7 @@ async fn lease_state_survives_a_snapshot_install_and_a_restart_of_every_server()
         RaftTuning {
             snapshot_logs: 50,
             purge_lag_logs: 5,
+            ..RaftTuning::default()
         },
     )
     .await;

@@ -34,6 +34,7 @@ async fn a_learner_catches_up_under_load_is_promoted_and_unsafe_changes_are_refu
         RaftTuning {
             snapshot_logs: 100,
             purge_lag_logs: 10,
+            ..RaftTuning::default()
         },
     )
     .await;

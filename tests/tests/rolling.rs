@@ -2,7 +2,8 @@
 //! drained, stopped, started and waited for. No acknowledged write is lost,
 //! and clients see only retryable errors (counted). Also: a drained server
 //! refuses client requests and reports not ready; `meridian leader
-//! transfer` moves leadership without stopping anyone.
+//! transfer` moves leadership without stopping anyone, to the voter named,
+//! without waiting for an election timeout.
 
 mod support;
 
@@ -22,6 +23,8 @@ struct Seen {
     retryable: BTreeMap<String, usize>,
     /// Anything else (must stay empty).
     other: Vec<String>,
+    /// The longest time between two acknowledged writes.
+    longest_gap: Duration,
 }
 
 async fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, id: usize) -> Seen {
@@ -33,6 +36,7 @@ async fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, id: usize) -> Seen {
         .build()
         .expect("client");
     let mut seen = Seen::default();
+    let mut last_ack: Option<std::time::Instant> = None;
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) && i < 20_000 {
         let key = format!("/roll/{id}/{i}");
@@ -49,7 +53,14 @@ async fn writer(urls: Vec<String>, stop: Arc<AtomicBool>, id: usize) -> Seen {
                 let status = r.status().as_u16();
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 match status {
-                    200 => seen.acked.push(key),
+                    200 => {
+                        seen.acked.push(key);
+                        let now = std::time::Instant::now();
+                        if let Some(last) = last_ack {
+                            seen.longest_gap = seen.longest_gap.max(now - last);
+                        }
+                        last_ack = Some(now);
+                    }
                     // etcd's retryable codes: unavailable (no leader,
                     // draining, leader changed) and deadline exceeded.
                     503 | 504 => {
@@ -110,18 +121,9 @@ async fn a_rolling_restart_under_writes_loses_nothing_and_errs_only_retryably() 
     assert_eq!(code, 200, "{v}");
 
     // `leader transfer` moves leadership and keeps every server running.
-    let out = std::process::Command::new(binary())
-        .args(["leader", "transfer", "--endpoints", &urls.join(",")])
-        .output()
-        .expect("meridian leader transfer");
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = transfer(&dc, None);
     let after = dc.leader().await;
-    assert_ne!(after, leader, "{said}");
+    assert_ne!(after, leader, "{said:?}");
 
     // The rolling restart, with two writers going all along.
     let stop = Arc::new(AtomicBool::new(false));
@@ -143,9 +145,21 @@ async fn a_rolling_restart_under_writes_loses_nothing_and_errs_only_retryably() 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = stop_writers(&stop, writers).await;
+    eprintln!(
+        "rolling restart: {} writes acknowledged, retryable errors {:?}",
+        seen.acked.len(),
+        seen.retryable
+    );
+    assert!(seen.acked.len() > 100, "{}", seen.acked.len());
+    assert_kept(&dc, &seen.acked).await;
+}
+
+/// Stops the writers and merges what they saw; fails on any error that is
+/// not retryable.
+async fn stop_writers(stop: &AtomicBool, writers: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
     stop.store(true, Ordering::SeqCst);
-    let mut acked = Vec::new();
-    let mut retryable: BTreeMap<String, usize> = BTreeMap::new();
+    let mut all = Seen::default();
     for w in writers {
         let seen = w.await.expect("writer");
         assert!(
@@ -153,19 +167,19 @@ async fn a_rolling_restart_under_writes_loses_nothing_and_errs_only_retryably() 
             "non-retryable errors: {:?}",
             seen.other
         );
-        acked.extend(seen.acked);
+        all.acked.extend(seen.acked);
         for (k, n) in seen.retryable {
-            *retryable.entry(k).or_default() += n;
+            *all.retryable.entry(k).or_default() += n;
         }
+        all.longest_gap = all.longest_gap.max(seen.longest_gap);
     }
-    eprintln!(
-        "rolling restart: {} writes acknowledged, retryable errors {retryable:?}",
-        acked.len()
-    );
-    assert!(acked.len() > 100, "{}", acked.len());
-    // Every acknowledged write is on every server: a linearizable range
-    // there waits until the server has applied everything committed.
-    for i in 0..3 {
+    all
+}
+
+/// Every acknowledged write is on every server: a linearizable range
+/// there waits until the server has applied everything committed.
+async fn assert_kept(dc: &Cluster, acked: &[String]) {
+    for i in 0..dc.servers.len() {
         let (code, v) = post(
             &format!("{}/v3/kv/range", dc.url(i)),
             &json!({"key": b64(b"/roll/"), "range_end": b64(&prefix_end("/roll/")),
@@ -191,6 +205,138 @@ async fn a_rolling_restart_under_writes_loses_nothing_and_errs_only_retryably() 
             &lost[..lost.len().min(5)]
         );
     }
+}
+
+/// Runs `meridian leader transfer` (to `to`, if given); returns its output
+/// line's fields.
+fn transfer(dc: &Cluster, to: Option<&str>) -> BTreeMap<String, String> {
+    let urls: Vec<&str> = (0..dc.servers.len()).map(|i| dc.url(i)).collect();
+    let mut args = vec!["leader", "transfer", "--endpoints"];
+    let joined = urls.join(",");
+    args.push(&joined);
+    if let Some(name) = to {
+        args.extend(["--to", name]);
+    }
+    let out = std::process::Command::new(binary())
+        .args(&args)
+        .output()
+        .expect("meridian leader transfer");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// With long election timeouts (2–4 s), a handover that waited for one
+/// would show; the vote-based handover takes a vote round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_transfer_hands_over_to_the_named_voter_without_waiting_an_election_timeout() {
+    const ELECTION_MIN_MS: u64 = 2000;
+    let dc = Cluster::start_with(
+        3,
+        RaftTuning {
+            election_timeout_ms: (ELECTION_MIN_MS, 2 * ELECTION_MIN_MS),
+            ..RaftTuning::default()
+        },
+    )
+    .await;
+    let urls: Vec<String> = (0..3).map(|i| dc.url(i).to_string()).collect();
+    let leader = dc.leader().await;
+    let follower = (leader + 1) % 3;
+
+    // Refusals, each changing nothing: the server still serves.
+    let leader_name = dc.servers[leader].name.clone();
+    let refused = [
+        (leader, json!({"to": "n9"}), "no member named n9"),
+        (leader, json!({"to": leader_name}), "leads already"),
+        (leader, json!({"to": 5}), "bad JSON body"),
+        (leader, json!({"to": "n2", "now": true}), "unknown field"),
+        (follower, json!({"to": "n1"}), "does not lead"),
+    ];
+    for (server, body, says) in refused {
+        let (code, v) = post(&format!("{}/admin/drain", dc.url(server)), &body)
+            .await
+            .expect("drain");
+        assert!((400..500).contains(&code), "{body}: {code} {v}");
+        assert!(
+            v["message"].as_str().unwrap_or("").contains(says),
+            "{body}: {v}"
+        );
+        let (code, v) = put(dc.url(server), "/k", "v").await.expect("put");
+        assert_eq!(code, 200, "{body} left the server refusing: {v}");
+    }
+    assert_eq!(dc.leader().await, leader);
+
+    // Three handovers under two writers: to each follower, then back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|id| tokio::spawn(writer(urls.clone(), stop.clone(), id)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let order = [follower, (leader + 2) % 3, leader];
+    for target in order {
+        let name = dc.servers[target].name.clone();
+        let said = transfer(&dc, Some(&name));
+        assert_eq!(said.get("leader"), Some(&name), "{said:?}");
+        assert_eq!(
+            said.get("handover").map(String::as_str),
+            Some("vote"),
+            "{said:?}"
+        );
+        let leaderless: u64 = said
+            .get("leaderless_ms")
+            .and_then(|v| v.parse().ok())
+            .expect("leaderless_ms");
+        eprintln!("handover to {name}: {said:?}");
+        assert!(
+            leaderless < ELECTION_MIN_MS,
+            "the handover to {name} took {leaderless} ms without a leader"
+        );
+        assert_eq!(dc.leader().await, target);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = stop_writers(&stop, writers).await;
+    eprintln!(
+        "three handovers: {} writes acknowledged, longest gap {:?}, retryable errors {:?}",
+        seen.acked.len(),
+        seen.longest_gap,
+        seen.retryable
+    );
+    assert!(
+        seen.longest_gap < Duration::from_millis(ELECTION_MIN_MS),
+        "writes stopped for {:?}",
+        seen.longest_gap
+    );
+    assert_kept(&dc, &seen.acked).await;
+}
+
+/// In a datacenter of five voters, the named voter takes over once the
+/// others' lease has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_transfer_in_a_five_voter_datacenter_goes_to_the_named_voter() {
+    let dc = Cluster::start(5).await;
+    let leader = dc.leader().await;
+    for step in 1..=2 {
+        let target = (leader + 2 * step) % 5;
+        let name = dc.servers[target].name.clone();
+        let said = transfer(&dc, Some(&name));
+        eprintln!("five voters, handover to {name}: {said:?}");
+        assert_eq!(said.get("leader"), Some(&name), "{said:?}");
+        assert_eq!(
+            said.get("handover").map(String::as_str),
+            Some("lease"),
+            "{said:?}"
+        );
+        assert_eq!(dc.leader().await, target);
+    }
+    let (code, v) = put(dc.url(leader), "/after", "v").await.expect("put");
+    assert_eq!(code, 200, "{v}");
 }
 
 async fn levels(base: &str) -> (u64, bool) {

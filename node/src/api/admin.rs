@@ -1,7 +1,8 @@
 //! Admin endpoints:
 //! - `POST /admin/snapshot` streams a backup of this server's state (see
 //!   [`crate::backup`] for the format);
-//! - `POST /admin/drain` drains the server before it is stopped (see
+//! - `POST /admin/drain` drains the server before it is stopped, a leader
+//!   handing over to `{"to": NAME}` or the most caught-up voter (see
 //!   [`crate::drain`]); `DELETE /admin/drain` ends a drain;
 //! - `POST /admin/compact` with `{"revision": N}` or `{"keep": N}` removes
 //!   history below a revision, or all but the latest N revisions.
@@ -113,14 +114,33 @@ pub(super) async fn compact(State(node): State<Node>, body: Bytes) -> Response {
     }
 }
 
-/// Drains the server; answers once another server leads.
-pub(super) async fn drain(State(node): State<Node>) -> Response {
-    match node.drain().await {
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Drain {
+    /// The voter a draining leader hands over to.
+    to: Option<String>,
+}
+
+/// Drains the server; answers once another server leads. A leader hands
+/// over to the voter named by `{"to": NAME}`, or to the most caught-up one.
+pub(super) async fn drain(State(node): State<Node>, body: Bytes) -> Response {
+    let request: Drain = if body.iter().all(u8::is_ascii_whitespace) {
+        Drain::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return ApiError::invalid(format!("bad JSON body: {e}")).into_response(),
+        }
+    };
+    match node.drain(request.to.as_deref()).await {
         Ok(d) => Json(json!({
             "draining": true,
             "was_leader": d.was_leader,
             "leader": d.leader.map(|l| l.to_string()),
+            "leader_name": d.leader_name,
+            "handover": d.handover.as_str(),
             "took_ms": d.took.as_millis() as u64,
+            "leaderless_ms": d.leaderless.as_millis() as u64,
         }))
         .into_response(),
         Err(e) => ApiError::from(e).into_response(),

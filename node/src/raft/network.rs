@@ -64,6 +64,13 @@ pub enum PeerRequest {
     LeaseClock(i64),
     /// Asks a member what version and feature level it runs.
     Version,
+    /// A draining leader asks a caught-up voter to campaign now, in the
+    /// leader's term (see `crate::drain`). Servers older than this variant
+    /// answer with a decoding error, and the leader falls back to silence.
+    Campaign {
+        /// The term the leader leads in; a voter that has moved on ignores it.
+        term: u64,
+    },
 }
 
 /// Why the leader could not serve a forwarded request.
@@ -97,6 +104,8 @@ pub enum PeerResponse {
     LeaseClock(Result<Option<(i64, i64)>, ForwardError>),
     /// What a member runs.
     Version(crate::version::Advertised),
+    /// Whether the voter started its campaign.
+    Campaign(Result<(), ForwardError>),
 }
 
 /// Builds Raft clients over one endpoint.

@@ -27,9 +27,14 @@ pub struct LeaderArgs {
 
 #[derive(clap::Subcommand)]
 enum LeaderCommand {
-    /// Moves leadership to another voter: the leader drains until another
-    /// server leads, then serves again as a follower.
-    Transfer,
+    /// Moves leadership to another voter: the leader hands over (to the
+    /// voter named by --to, or the most caught-up one), then serves again as
+    /// a follower.
+    Transfer {
+        /// The voter to lead next.
+        #[arg(long, value_name = "NAME")]
+        to: Option<String>,
+    },
 }
 
 fn one(endpoints: &Endpoints) -> Result<Endpoints> {
@@ -41,9 +46,11 @@ fn one(endpoints: &Endpoints) -> Result<Endpoints> {
 
 fn said(v: &Value) -> String {
     format!(
-        "was_leader={} leader={} took_ms={}",
+        "was_leader={} leader={} handover={} leaderless_ms={} took_ms={}",
         v["was_leader"],
-        v["leader"].as_str().unwrap_or("none"),
+        v["leader_name"].as_str().unwrap_or("none"),
+        v["handover"].as_str().unwrap_or("none"),
+        v["leaderless_ms"],
         v["took_ms"]
     )
 }
@@ -62,14 +69,23 @@ pub async fn drain(args: DrainArgs) -> Result<()> {
 
 pub async fn leader(args: LeaderArgs) -> Result<()> {
     match args.command {
-        LeaderCommand::Transfer => {
+        LeaderCommand::Transfer { to } => {
             let leader = args.endpoints.leader().await?;
             let url = leader.endpoints[0].clone();
-            let result = leader.post("/admin/drain", &json!({})).await;
+            let body = match &to {
+                Some(name) => json!({ "to": name }),
+                None => json!({}),
+            };
+            let result = leader.post("/admin/drain", &body).await;
             leader.delete("/admin/drain").await?;
             let v = result?;
             if v["leader"].is_null() {
                 bail!("no other server took over in time; {url} leads again");
+            }
+            if let Some(name) = &to {
+                if v["leader_name"].as_str() != Some(name) {
+                    bail!("{} leads now, not {name}", said(&v));
+                }
             }
             println!("transferred {}", said(&v));
         }

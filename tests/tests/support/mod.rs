@@ -80,6 +80,8 @@ pub struct Spec {
 pub struct RaftTuning {
     pub snapshot_logs: u64,
     pub purge_lag_logs: u64,
+    /// (min, max) election timeout in milliseconds.
+    pub election_timeout_ms: (u64, u64),
 }
 
 impl Default for RaftTuning {
@@ -87,6 +89,7 @@ impl Default for RaftTuning {
         RaftTuning {
             snapshot_logs: 10_000,
             purge_lag_logs: 1_000,
+            election_timeout_ms: (400, 800),
         }
     }
 }
@@ -149,7 +152,7 @@ impl Cluster {
             let config = format!(
                 "name = \"{name}\"\ndatacenter = \"{dc}\"\ndata_dir = \"{data}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
                  [initial_members]\n{members}\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
-                 [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\nsnapshot_logs = {snap}\npurge_lag_logs = {lag}\nrpc_timeout_ms = 1000\n\
+                 [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = {emin}\nelection_timeout_max_ms = {emax}\nsnapshot_logs = {snap}\npurge_lag_logs = {lag}\nrpc_timeout_ms = 1000\n\
                  [limits]\nrequest_timeout_ms = 4000\nvalue_bytes_max = 65536\n[lease]\nmin_ttl_seconds = 1\n[watch]\nprogress_notify_interval_ms = 300\n{extra}",
                 dc = spec.datacenter,
                 data = dir.path().join(name).display(),
@@ -158,6 +161,8 @@ impl Cluster {
                 key = tls.join(format!("{name}-key.pem")).display(),
                 snap = tuning.snapshot_logs,
                 lag = tuning.purge_lag_logs,
+                emin = tuning.election_timeout_ms.0,
+                emax = tuning.election_timeout_ms.1,
                 extra = spec.extra.get(i).map(String::as_str).unwrap_or(""),
             );
             let config_path = dir.path().join(format!("{name}.toml"));
