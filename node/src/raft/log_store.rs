@@ -1,29 +1,46 @@
 //! The Raft log in the `raft/` LMDB environment: entries by index (u64
-//! big-endian), the vote, the committed id and the last purged id. An append
-//! returns only after its LMDB commit (with fsync) is done; openraft hands
-//! over every entry waiting at that moment, so one commit carries a batch.
+//! big-endian), the vote, the committed id and the last purged id.
+//!
+//! Appends are written behind, as openraft's storage contract allows:
+//! `append` keeps the entries in memory, where reads find them, and queues
+//! them for the log's writer thread. The writer commits every append that
+//! has queued up in one LMDB transaction (one fsync) and only then tells
+//! openraft the entries are durable. So replication of a batch starts while
+//! its fsync runs, and one fsync carries all the appends that arrived during
+//! the previous one. Nothing counts toward a quorum before it is on disk.
+//!
+//! The committed id is only a hint for the next start (openraft applies up
+//! to it before hearing from a leader), so it is kept in memory and written
+//! with the next commit instead of costing an fsync of its own.
+//!
+//! Vote, truncate and purge are awaited: each returns once durable, and the
+//! writer runs them in the order they were queued with the appends.
 
 use super::types::{storage_io, LogId, StorageError, TypeConfig};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
-use heed::{Database, Env, WithoutTls};
+use heed::{Database, Env, RwTxn, WithoutTls};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, Vote};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
 
 const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
 const META_PURGED: &str = "last_purged";
 
-/// The Raft log storage; cheap to clone (every clone shares the environment).
+/// Appends the writer folds into one transaction at most.
+const APPENDS_PER_COMMIT_MAX: usize = 1024;
+
+/// The Raft log storage; cheap to clone (every clone shares the environment,
+/// the unflushed entries and the writer).
 #[derive(Clone)]
 pub struct LogStore {
-    env: &'static Env<WithoutTls>,
-    log: Database<'static, U64<BigEndian>, Bytes>,
-    meta: Database<'static, Str, Bytes>,
-    observer: Arc<dyn LogObserver>,
+    shared: Arc<Shared>,
+    ops: mpsc::Sender<Op>,
 }
 
 /// Told about the log's durable commits and the committed index.
@@ -34,8 +51,40 @@ pub trait LogObserver: Send + Sync + 'static {
     fn committed(&self, index: u64);
 }
 
+struct Shared {
+    env: &'static Env<WithoutTls>,
+    log: Database<'static, U64<BigEndian>, Bytes>,
+    meta: Database<'static, Str, Bytes>,
+    observer: Arc<dyn LogObserver>,
+    /// Entries queued for the writer and not yet durable, by index.
+    unflushed: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    /// The newest committed id and whether the writer has stored it.
+    committed: Mutex<(Option<LogId>, bool)>,
+}
+
+type WriteFn = Box<dyn FnOnce(&Shared, &mut RwTxn) -> Result<(), String> + Send>;
+
+/// Work for the writer thread.
+enum Op {
+    /// Encoded entries, and whom to tell once they are durable.
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Any other durable change, answered when committed.
+    Write {
+        change: WriteFn,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl LogStore {
-    /// Creates the tables; `observer` is told of commits and the committed index.
+    /// Creates the tables and starts the writer thread; `observer` is told
+    /// of commits and the committed index.
     pub fn open(
         env: &'static Env<WithoutTls>,
         observer: Arc<dyn LogObserver>,
@@ -48,12 +97,21 @@ impl LogStore {
                 Ok(heed::CommitOrAbort::<_, ()>::Commit((log, meta)))
             })?
             .unwrap_commit();
-        Ok(LogStore {
+        let shared = Arc::new(Shared {
             env,
             log,
             meta,
             observer,
-        })
+            unflushed: Mutex::new(BTreeMap::new()),
+            committed: Mutex::new((None, true)),
+        });
+        let (ops, rx) = mpsc::channel();
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_behind(&writer, &rx))
+            .map_err(heed::Error::Io)?;
+        Ok(LogStore { shared, ops })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -61,11 +119,12 @@ impl LogStore {
         name: &str,
         subject: ErrorSubject<u64>,
     ) -> Result<Option<T>, StorageError> {
-        let rtxn = self
+        let s = &self.shared;
+        let rtxn = s
             .env
             .read_txn()
             .map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))?;
-        match self
+        match s
             .meta
             .get(&rtxn, name)
             .map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))?
@@ -77,34 +136,130 @@ impl LogStore {
         }
     }
 
-    /// Runs `f` in a write transaction and commits it durably, off the async threads.
-    async fn write<F>(&self, subject: ErrorSubject<u64>, f: F) -> Result<(), StorageError>
+    /// Has the writer run `change` in its own durable transaction, after
+    /// everything queued before it; returns once it is committed.
+    async fn write<F>(&self, subject: ErrorSubject<u64>, change: F) -> Result<(), StorageError>
     where
-        F: FnOnce(&LogStore, &mut heed::RwTxn) -> Result<(), String> + Send + 'static,
+        F: FnOnce(&Shared, &mut RwTxn) -> Result<(), String> + Send + 'static,
     {
-        let this = self.clone();
-        let sub = subject.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut wtxn = this.env.write_txn().map_err(|e| e.to_string())?;
-            f(&this, &mut wtxn)?;
-            let start = std::time::Instant::now();
-            wtxn.commit().map_err(|e| e.to_string())?;
-            this.observer.fsync(start.elapsed());
-            Ok::<(), String>(())
-        })
-        .await
-        .map_err(|e| storage_io(sub.clone(), ErrorVerb::Write, e))?
-        .map_err(|e| storage_io(sub, ErrorVerb::Write, e))
+        let (done, answer) = oneshot::channel();
+        let op = Op::Write {
+            change: Box::new(change),
+            done,
+        };
+        let stopped = || storage_io(subject.clone(), ErrorVerb::Write, "the log writer stopped");
+        self.ops.send(op).map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|e| storage_io(subject.clone(), ErrorVerb::Write, e))
     }
+}
 
+impl Shared {
     fn put_meta<T: serde::Serialize>(
         &self,
-        wtxn: &mut heed::RwTxn,
+        wtxn: &mut RwTxn,
         name: &str,
         value: &T,
     ) -> Result<(), String> {
         let bytes = postcard::to_allocvec(value).map_err(|e| e.to_string())?;
         self.meta.put(wtxn, name, &bytes).map_err(|e| e.to_string())
+    }
+
+    /// Adds the committed id to `wtxn` if it changed since last written;
+    /// returns what to mark as written once `wtxn` commits.
+    fn carry_committed(&self, wtxn: &mut RwTxn) -> Result<Option<Option<LogId>>, String> {
+        let (committed, written) = *lock(&self.committed);
+        if written {
+            return Ok(None);
+        }
+        self.put_meta(wtxn, META_COMMITTED, &committed)?;
+        Ok(Some(committed))
+    }
+
+    /// Commits `wtxn` durably, timing the commit.
+    fn commit(&self, wtxn: RwTxn, carried: Option<Option<LogId>>) -> Result<(), String> {
+        let start = std::time::Instant::now();
+        wtxn.commit().map_err(|e| e.to_string())?;
+        self.observer.fsync(start.elapsed());
+        if let Some(c) = carried {
+            let mut committed = lock(&self.committed);
+            if committed.0 == c {
+                committed.1 = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The writer thread: runs queued work in order, folding consecutive
+/// appends into one transaction. Ends when every [`LogStore`] is dropped.
+fn write_behind(shared: &Shared, rx: &mpsc::Receiver<Op>) {
+    let mut next = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
+        match op {
+            Op::Write { change, done } => {
+                let result = (|| {
+                    let mut wtxn = shared.env.write_txn().map_err(|e| e.to_string())?;
+                    change(shared, &mut wtxn)?;
+                    let carried = shared.carry_committed(&mut wtxn)?;
+                    shared.commit(wtxn, carried)
+                })();
+                let _ = done.send(result);
+            }
+            Op::Append { entries, callback } => {
+                let mut appends = vec![(entries, callback)];
+                while appends.len() < APPENDS_PER_COMMIT_MAX {
+                    match rx.try_recv() {
+                        Ok(Op::Append { entries, callback }) => appends.push((entries, callback)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = (|| {
+                    let mut wtxn = shared.env.write_txn().map_err(|e| e.to_string())?;
+                    for (entries, _) in &appends {
+                        for (log_id, bytes) in entries {
+                            shared
+                                .log
+                                .put(&mut wtxn, &log_id.index, bytes)
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                    let carried = shared.carry_committed(&mut wtxn)?;
+                    shared.commit(wtxn, carried)
+                })();
+                if result.is_ok() {
+                    // Durable now: reads find them in LMDB. An entry replaced
+                    // meanwhile (truncated and appended again) stays.
+                    let mut unflushed = lock(&shared.unflushed);
+                    for (entries, _) in &appends {
+                        for (log_id, _) in entries {
+                            if unflushed.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
+                                unflushed.remove(&log_id.index);
+                            }
+                        }
+                    }
+                }
+                for (_, callback) in appends {
+                    callback.log_io_completed(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(std::io::Error::other(e.clone())),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -114,23 +269,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let subject = || ErrorSubject::Logs;
-        let rtxn = self
+        let s = &self.shared;
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
+        // The unflushed entries first, then LMDB: an entry the writer makes
+        // durable in between is then in one or the other (or both).
+        let unflushed: Vec<Entry<TypeConfig>> = lock(&s.unflushed)
+            .range(bounds)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let rtxn = s
             .env
             .read_txn()
             .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
+        let first_unflushed = unflushed.first().map(|e| e.log_id.index);
         let mut entries = Vec::new();
-        for item in self
+        for item in s
             .log
             .range(&rtxn, &bounds)
             .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?
         {
-            let (_, bytes) = item.map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
+            let (index, bytes) = item.map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
+            if first_unflushed.is_some_and(|f| index >= f) {
+                break;
+            }
             let entry: Entry<TypeConfig> = postcard::from_bytes(bytes)
                 .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
             entries.push(entry);
         }
+        entries.extend(unflushed);
         Ok(entries)
     }
 }
@@ -140,11 +307,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.read_meta(META_PURGED, ErrorSubject::Store)?;
-        let rtxn = self
+        let last_unflushed = lock(&self.shared.unflushed)
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
+        let s = &self.shared;
+        let rtxn = s
             .env
             .read_txn()
             .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        let last = match self
+        let last_durable = match s
             .log
             .last(&rtxn)
             .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?
@@ -158,7 +329,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last,
+            last_log_id: last_unflushed.or(last_durable),
         })
     }
 
@@ -180,15 +351,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = committed {
-            self.observer.committed(c.index);
+            self.shared.observer.committed(c.index);
         }
-        self.write(ErrorSubject::Store, move |s, wtxn| {
-            s.put_meta(wtxn, META_COMMITTED, &committed)
-        })
-        .await
+        *lock(&self.shared.committed) = (committed, false);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let (committed, _) = *lock(&self.shared.committed);
+        if committed.is_some() {
+            return Ok(committed);
+        }
         Ok(self
             .read_meta::<Option<LogId>>(META_COMMITTED, ErrorSubject::Store)?
             .flatten())
@@ -203,33 +376,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut encoded = Vec::new();
-        for entry in entries {
-            let bytes = postcard::to_allocvec(&entry)
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let bytes = postcard::to_allocvec(entry)
                 .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            encoded.push((entry.log_id.index, bytes));
+            encoded.push((entry.log_id, bytes));
         }
-        let result = self
-            .write(ErrorSubject::Logs, move |s, wtxn| {
-                for (index, bytes) in &encoded {
-                    s.log.put(wtxn, index, bytes).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+        {
+            let mut unflushed = lock(&self.shared.unflushed);
+            for entry in entries {
+                unflushed.insert(entry.log_id.index, entry);
             }
         }
+        let op = Op::Append {
+            entries: encoded,
+            callback,
+        };
+        self.ops.send(op).map_err(|_| {
+            storage_io(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                "the log writer stopped",
+            )
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Appends already queued are written first, then deleted here.
+        lock(&self.shared.unflushed).split_off(&log_id.index);
         self.write(ErrorSubject::Logs, move |s, wtxn| {
             s.log
                 .delete_range(wtxn, &(log_id.index..))
@@ -240,6 +415,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut unflushed = lock(&self.shared.unflushed);
+            let kept = unflushed.split_off(&log_id.index.saturating_add(1));
+            *unflushed = kept;
+        }
         self.write(ErrorSubject::Logs, move |s, wtxn| {
             s.put_meta(wtxn, META_PURGED, &log_id)?;
             s.log

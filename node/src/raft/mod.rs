@@ -7,6 +7,8 @@ pub(crate) mod network;
 mod proposer;
 pub(crate) mod snapshot;
 mod state_machine;
+#[cfg(test)]
+mod suite;
 mod types;
 
 pub use log_store::{LogObserver, LogStore};

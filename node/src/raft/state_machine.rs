@@ -64,6 +64,24 @@ impl StateMachine {
         })
     }
 
+    /// Makes `file` the incoming snapshot, durably. It normally is the file
+    /// [`RaftStateMachine::begin_receiving_snapshot`] opened; any other
+    /// handle holding a snapshot is copied there from its start.
+    async fn take_incoming(&self, mut file: tokio::fs::File) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        use tokio::io::AsyncSeekExt;
+        let path = self.snapshot_dir.join(INCOMING_SNAPSHOT);
+        let given = file.metadata().await?;
+        let incoming = tokio::fs::metadata(&path).await.ok();
+        if incoming.is_some_and(|m| m.dev() == given.dev() && m.ino() == given.ino()) {
+            return file.sync_all().await;
+        }
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        let mut copy = tokio::fs::File::create(&path).await?;
+        tokio::io::copy(&mut file, &mut copy).await?;
+        copy.sync_all().await
+    }
+
     fn apply_blocking(&self, entries: Vec<Entry<TypeConfig>>) -> Result<AppliedBatch, KvError> {
         let env = self.store.env();
         let mut wtxn = env.write_txn()?;
@@ -309,14 +327,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, Member>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        snapshot.sync_all().await.map_err(|e| {
+        let failed = |e: std::io::Error| {
             storage_io(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Write,
                 e,
             )
-        })?;
-        drop(snapshot);
+        };
+        self.take_incoming(*snapshot).await.map_err(failed)?;
         let this = self.clone();
         let expected = meta.clone();
         let start = std::time::Instant::now();
