@@ -131,6 +131,14 @@ async fn bad_input_answers_4xx_with_a_clear_error_and_writes_nothing() {
             400,
             "request is too large",
         ),
+        // Far past the limit: the server reads the rest before answering, so
+        // the client gets the error instead of a reset connection.
+        (
+            "/v3/kv/put",
+            vec![b'{'; 16 * 1024 * 1024],
+            400,
+            "request is too large",
+        ),
     ];
     for (path, body, status, needle) in cases {
         let (got, v) = post_raw(&format!("{url}{path}"), body).await.unwrap();

@@ -4,8 +4,10 @@
 
 use crate::kv::*;
 use crate::server::Header;
+use base64::display::Base64Display;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 /// A request field that could not be decoded.
@@ -332,12 +334,6 @@ pub fn b64(v: &[u8]) -> String {
     STANDARD.encode(v)
 }
 
-fn put_bytes(o: &mut Obj, name: &str, v: &[u8]) {
-    if !v.is_empty() {
-        o.insert(name.into(), Value::String(STANDARD.encode(v)));
-    }
-}
-
 fn put_bool(o: &mut Obj, name: &str, v: bool) {
     if v {
         o.insert(name.into(), Value::Bool(true));
@@ -457,28 +453,129 @@ pub fn watch_response(h: &Header, watch_id: i64, mut fields: Obj) -> Value {
 
 /// Encodes a header.
 pub fn header(h: &Header) -> Value {
-    let mut o = Obj::new();
-    if h.cluster_id != 0 {
-        o.insert("cluster_id".into(), Value::String(h.cluster_id.to_string()));
-        o.insert("member_id".into(), Value::String(h.member_id.to_string()));
-    }
-    put_int(&mut o, "revision", h.revision);
-    if h.raft_term != 0 {
-        o.insert("raft_term".into(), Value::String(h.raft_term.to_string()));
-    }
-    Value::Object(o)
+    to_value(HeaderOut(h))
 }
 
 /// Encodes a key-value.
 pub fn kv(kv: &KeyValue) -> Value {
-    let mut o = Obj::new();
-    put_bytes(&mut o, "key", &kv.key);
-    put_int(&mut o, "create_revision", kv.create_revision);
-    put_int(&mut o, "mod_revision", kv.mod_revision);
-    put_int(&mut o, "version", kv.version);
-    put_bytes(&mut o, "value", &kv.value);
-    put_int(&mut o, "lease", kv.lease);
-    Value::Object(o)
+    to_value(KvOut(kv))
+}
+
+/// A value built by one of the encoders below; they only write maps with
+/// string keys, which cannot fail to convert.
+fn to_value(v: impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+// The encoders of key-values and range answers write straight to the
+// output instead of building a [`Value`] first: a range over 100,000 keys
+// would otherwise hold several small allocations per key, many times the
+// size of the encoded answer, and the allocator keeps that memory after.
+
+struct HeaderOut<'a>(&'a Header);
+
+impl Serialize for HeaderOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut m = s.serialize_map(None)?;
+        if h.cluster_id != 0 {
+            m.serialize_entry("cluster_id", &Decimal(h.cluster_id))?;
+            m.serialize_entry("member_id", &Decimal(h.member_id))?;
+        }
+        int_entry(&mut m, "revision", h.revision)?;
+        if h.raft_term != 0 {
+            m.serialize_entry("raft_term", &Decimal(h.raft_term))?;
+        }
+        m.end()
+    }
+}
+
+struct KvOut<'a>(&'a KeyValue);
+
+impl Serialize for KvOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kv = self.0;
+        let mut m = s.serialize_map(None)?;
+        bytes_entry(&mut m, "key", &kv.key)?;
+        int_entry(&mut m, "create_revision", kv.create_revision)?;
+        int_entry(&mut m, "mod_revision", kv.mod_revision)?;
+        int_entry(&mut m, "version", kv.version)?;
+        bytes_entry(&mut m, "value", &kv.value)?;
+        int_entry(&mut m, "lease", kv.lease)?;
+        m.end()
+    }
+}
+
+struct RangeOut<'a> {
+    header: Option<&'a Header>,
+    response: &'a RangeResponse,
+}
+
+impl Serialize for RangeOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.response;
+        let mut m = s.serialize_map(None)?;
+        if let Some(h) = self.header {
+            m.serialize_entry("header", &HeaderOut(h))?;
+        }
+        if !r.kvs.is_empty() {
+            m.serialize_entry("kvs", &Seq(&r.kvs))?;
+        }
+        if r.more {
+            m.serialize_entry("more", &true)?;
+        }
+        int_entry(&mut m, "count", r.count)?;
+        m.end()
+    }
+}
+
+/// A RangeResponse with its header, encoded when the answer is written.
+pub struct RangeAnswer {
+    /// The answer's header.
+    pub header: Header,
+    /// The keys found.
+    pub response: RangeResponse,
+}
+
+impl Serialize for RangeAnswer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        RangeOut {
+            header: Some(&self.header),
+            response: &self.response,
+        }
+        .serialize(s)
+    }
+}
+
+struct Seq<'a>(&'a [KeyValue]);
+
+impl Serialize for Seq<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(KvOut))
+    }
+}
+
+/// A 64-bit integer as a JSON string, as the gateway writes them.
+struct Decimal<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Decimal<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+fn int_entry<M: SerializeMap>(m: &mut M, name: &str, v: i64) -> Result<(), M::Error> {
+    if v == 0 {
+        return Ok(());
+    }
+    m.serialize_entry(name, &Decimal(v))
+}
+
+fn bytes_entry<M: SerializeMap>(m: &mut M, name: &str, v: &[u8]) -> Result<(), M::Error> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    m.serialize_entry(name, &Decimal(Base64Display::new(v, &STANDARD)))
 }
 
 fn with_header(h: Option<&Header>, mut o: Obj) -> Value {
@@ -490,13 +587,10 @@ fn with_header(h: Option<&Header>, mut o: Obj) -> Value {
 
 /// Encodes a RangeResponse.
 pub fn range_response(h: Option<&Header>, r: &RangeResponse) -> Value {
-    let mut o = Obj::new();
-    if !r.kvs.is_empty() {
-        o.insert("kvs".into(), Value::Array(r.kvs.iter().map(kv).collect()));
-    }
-    put_bool(&mut o, "more", r.more);
-    put_int(&mut o, "count", r.count);
-    with_header(h, o)
+    to_value(RangeOut {
+        header: h,
+        response: r,
+    })
 }
 
 /// Encodes a PutResponse.
@@ -614,5 +708,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn answers_are_written_as_the_gateway_writes_them() {
+        let header = Header {
+            cluster_id: 7,
+            member_id: 9,
+            revision: 12,
+            raft_term: 3,
+        };
+        let full = KeyValue {
+            key: b"a".to_vec(),
+            create_revision: 4,
+            mod_revision: 12,
+            version: 2,
+            value: b"hello".to_vec(),
+            lease: 0,
+        };
+        let keys_only = KeyValue {
+            key: b"b\xff".to_vec(),
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1,
+            value: Vec::new(),
+            lease: 0x7f00_0000_0000_0001,
+        };
+        let answer = RangeAnswer {
+            header,
+            response: RangeResponse {
+                kvs: vec![full, keys_only],
+                more: true,
+                count: 3,
+            },
+        };
+        let written: Value = serde_json::from_slice(&serde_json::to_vec(&answer).unwrap()).unwrap();
+        let expected = json!({
+            "header": {"cluster_id": "7", "member_id": "9", "revision": "12", "raft_term": "3"},
+            "kvs": [
+                {"key": "YQ==", "create_revision": "4", "mod_revision": "12", "version": "2", "value": "aGVsbG8="},
+                {"key": "Yv8=", "create_revision": "5", "mod_revision": "5", "version": "1", "lease": "9151314442816847873"}
+            ],
+            "more": true,
+            "count": "3"
+        });
+        assert_eq!(written, expected);
+        assert_eq!(range_response(Some(&header), &answer.response), expected);
+        // Zero values are left out, as proto3 JSON does.
+        let empty = range_response(None, &RangeResponse::default());
+        assert_eq!(empty, json!({}));
+        let quiet = Header {
+            cluster_id: 0,
+            member_id: 0,
+            revision: 0,
+            raft_term: 0,
+        };
+        assert_eq!(super::header(&quiet), json!({}));
     }
 }

@@ -259,12 +259,37 @@ fn take_objects(pending: &mut Vec<u8>) -> Vec<Result<serde_json::Value, String>>
 
 /// Reads a request body, refusing bodies above the limit with etcd's error.
 async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    use futures::StreamExt;
     // Base64 makes bytes 4/3 larger; allow for it and for the JSON around them.
     let limit = node.config().limits.request_bytes_max * 4 / 3 + 64 * 1024;
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::from(KvError::RequestTooLarge))
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(ApiError::invalid("the request body could not be read"));
+        };
+        if buf.len() + chunk.len() > limit {
+            // Read (and drop) the rest of a too-large request, up to a bound,
+            // so the client gets the answer: closing the connection with its
+            // request unread would reset it before the answer is read.
+            let mut dropped = buf.len() + chunk.len();
+            drop(buf);
+            while let Some(Ok(chunk)) = stream.next().await {
+                dropped += chunk.len();
+                if dropped > DRAIN_BYTES_MAX {
+                    break;
+                }
+            }
+            return Err(ApiError::from(KvError::RequestTooLarge));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
+
+/// How much of a too-large request is read before answering; a larger one
+/// is cut off with the connection.
+const DRAIN_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 async fn not_found() -> ApiError {
     ApiError {

@@ -86,12 +86,15 @@ fn check_txn_ops(node: &Node, t: &TxnRequest, total: &mut usize) -> Result<(), K
     Ok(())
 }
 
-pub(super) async fn range(State(node): State<Node>, body: Body) -> Result<Json<Value>, ApiError> {
+pub(super) async fn range(
+    State(node): State<Node>,
+    body: Body,
+) -> Result<Json<wire::RangeAnswer>, ApiError> {
     let body = read_body(&node, body).await?;
     let req = wire::range_request(&wire::object(&body)?)?;
     check_range(&node, &req)?;
-    let (h, r) = node.range(req).await?;
-    Ok(Json(wire::range_response(Some(&h), &r)))
+    let (header, response) = node.range(req).await?;
+    Ok(Json(wire::RangeAnswer { header, response }))
 }
 
 pub(super) async fn put(State(node): State<Node>, body: Body) -> Result<Json<Value>, ApiError> {
