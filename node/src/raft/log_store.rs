@@ -2,12 +2,14 @@
 //! big-endian), the vote, the committed id and the last purged id.
 //!
 //! Appends are written behind, as openraft's storage contract allows:
-//! `append` keeps the entries in memory, where reads find them, and queues
-//! them for the log's writer thread. The writer commits every append that
+//! `append` keeps the entries in memory ([`LogTail`]), where reads find them,
+//! and queues them for the log's writer thread. The writer commits every append that
 //! has queued up in one LMDB transaction (one fsync) and only then tells
 //! openraft the entries are durable. So replication of a batch starts while
 //! its fsync runs, and one fsync carries all the appends that arrived during
 //! the previous one. Nothing counts toward a quorum before it is on disk.
+//! Durable entries stay in memory within a budget, since replication and
+//! apply read them again right after.
 //!
 //! The committed id is only a hint for the next start (openraft applies up
 //! to it before hearing from a leader), so it is kept in memory and written
@@ -16,13 +18,13 @@
 //! Vote, truncate and purge are awaited: each returns once durable, and the
 //! writer runs them in the order they were queued with the appends.
 
+use super::log_tail::LogTail;
 use super::types::{storage_io, LogId, StorageError, TypeConfig};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, RwTxn, WithoutTls};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, Vote};
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -35,8 +37,11 @@ const META_PURGED: &str = "last_purged";
 /// Appends the writer folds into one transaction at most.
 const APPENDS_PER_COMMIT_MAX: usize = 1024;
 
+/// Encoded bytes of durable entries kept in memory for replication and apply.
+const TAIL_BYTES: usize = 8 * 1024 * 1024;
+
 /// The Raft log storage; cheap to clone (every clone shares the environment,
-/// the unflushed entries and the writer).
+/// the in-memory tail and the writer).
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
@@ -56,8 +61,8 @@ struct Shared {
     log: Database<'static, U64<BigEndian>, Bytes>,
     meta: Database<'static, Str, Bytes>,
     observer: Arc<dyn LogObserver>,
-    /// Entries queued for the writer and not yet durable, by index.
-    unflushed: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    /// The newest entries: all that are not durable yet, and more.
+    tail: Mutex<LogTail>,
     /// The newest committed id and whether the writer has stored it.
     committed: Mutex<(Option<LogId>, bool)>,
 }
@@ -102,7 +107,7 @@ impl LogStore {
             log,
             meta,
             observer,
-            unflushed: Mutex::new(BTreeMap::new()),
+            tail: Mutex::new(LogTail::new(TAIL_BYTES)),
             committed: Mutex::new((None, true)),
         });
         let (ops, rx) = mpsc::channel();
@@ -241,16 +246,11 @@ fn write_behind(shared: &Shared, rx: &mpsc::Receiver<Op>) {
                     shared.commit(wtxn, carried)
                 })();
                 if result.is_ok() {
-                    // Durable now: reads find them in LMDB. An entry replaced
-                    // meanwhile (truncated and appended again) stays.
-                    let mut unflushed = lock(&shared.unflushed);
-                    for (entries, _) in &appends {
-                        for (log_id, _) in entries {
-                            if unflushed.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
-                                unflushed.remove(&log_id.index);
-                            }
-                        }
-                    }
+                    // Durable now: the tail may let them go to LMDB alone.
+                    let ids = appends
+                        .iter()
+                        .flat_map(|(entries, _)| entries.iter().map(|(id, _)| *id));
+                    lock(&shared.tail).durable(ids);
                 }
                 for (_, callback) in appends {
                     callback.log_io_completed(match &result {
@@ -272,17 +272,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let s = &self.shared;
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        // The unflushed entries first, then LMDB: an entry the writer makes
-        // durable in between is then in one or the other (or both).
-        let unflushed: Vec<Entry<TypeConfig>> = lock(&s.unflushed)
-            .range(bounds)
-            .map(|(_, e)| e.clone())
-            .collect();
+        // The tail first, then LMDB for what lies before it: an entry leaves
+        // the tail only once durable, so an entry the tail lets go in
+        // between is in LMDB.
+        let held = lock(&s.tail).range(bounds);
+        let first_held = held.first().map(|e| e.log_id.index);
+        if first_held.is_some_and(|f| bounds.0 == Bound::Included(f)) {
+            return Ok(held);
+        }
         let rtxn = s
             .env
             .read_txn()
             .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-        let first_unflushed = unflushed.first().map(|e| e.log_id.index);
         let mut entries = Vec::new();
         for item in s
             .log
@@ -290,14 +291,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?
         {
             let (index, bytes) = item.map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-            if first_unflushed.is_some_and(|f| index >= f) {
+            if first_held.is_some_and(|f| index >= f) {
                 break;
             }
             let entry: Entry<TypeConfig> = postcard::from_bytes(bytes)
                 .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
             entries.push(entry);
         }
-        entries.extend(unflushed);
+        entries.extend(held);
         Ok(entries)
     }
 }
@@ -307,9 +308,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.read_meta(META_PURGED, ErrorSubject::Store)?;
-        let last_unflushed = lock(&self.shared.unflushed)
-            .last_key_value()
-            .map(|(_, e)| e.log_id);
+        let last_held = lock(&self.shared.tail).last();
         let s = &self.shared;
         let rtxn = s
             .env
@@ -329,7 +328,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last_unflushed.or(last_durable),
+            last_log_id: last_held.or(last_durable),
         })
     }
 
@@ -384,9 +383,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.push((entry.log_id, bytes));
         }
         {
-            let mut unflushed = lock(&self.shared.unflushed);
-            for entry in entries {
-                unflushed.insert(entry.log_id.index, entry);
+            let mut tail = lock(&self.shared.tail);
+            for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
+                tail.insert(entry, bytes.len());
             }
         }
         let op = Op::Append {
@@ -404,7 +403,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Appends already queued are written first, then deleted here.
-        lock(&self.shared.unflushed).split_off(&log_id.index);
+        lock(&self.shared.tail).truncate(log_id.index);
         self.write(ErrorSubject::Logs, move |s, wtxn| {
             s.log
                 .delete_range(wtxn, &(log_id.index..))
@@ -415,11 +414,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        {
-            let mut unflushed = lock(&self.shared.unflushed);
-            let kept = unflushed.split_off(&log_id.index.saturating_add(1));
-            *unflushed = kept;
-        }
+        lock(&self.shared.tail).purge(log_id.index);
         self.write(ErrorSubject::Logs, move |s, wtxn| {
             s.put_meta(wtxn, META_PURGED, &log_id)?;
             s.log

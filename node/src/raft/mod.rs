@@ -3,6 +3,7 @@
 //! groups writes into entries, and the network adapter over the peer transport.
 
 mod log_store;
+mod log_tail;
 pub(crate) mod network;
 mod proposer;
 pub(crate) mod snapshot;
