@@ -107,6 +107,7 @@ impl Node {
             }
         }
         self.draining_flag().store(true, Ordering::SeqCst);
+        self.proposer().pause();
         let refusing = Instant::now();
         let runtime = self.raft().runtime_config();
         runtime.elect(false);
@@ -169,6 +170,7 @@ impl Node {
         runtime.heartbeat(true);
         runtime.elect(true);
         self.draining_flag().store(false, Ordering::SeqCst);
+        self.proposer().resume();
     }
 
     /// Refuses work while draining.
@@ -265,9 +267,14 @@ impl Node {
             runtime.heartbeat(false);
             tokio::time::sleep(raft.election_timeout_max + raft.heartbeat_interval * 2).await;
         }
-        let caught_up = self
-            .caught_up(target, Instant::now() + raft.election_timeout_max)
-            .await;
+        // Writes that passed the draining check before it was set may still
+        // be on their way into the log; the candidate must hold them too, or
+        // this leader's vote refuses it (its log would be shorter).
+        let settled = self.proposer().settled(raft.election_timeout_max).await;
+        let caught_up = settled
+            && self
+                .caught_up(target, Instant::now() + raft.election_timeout_max)
+                .await;
         let term = self.metrics_now().current_term;
         let asked = if caught_up {
             let request = PeerRequest::Campaign { term };

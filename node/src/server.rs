@@ -8,8 +8,8 @@ use crate::lessor::{Lessor, TTL_MAX};
 use crate::metrics::Metrics;
 use crate::raft::network::ForwardError;
 use crate::raft::{
-    self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, ProposeError, Proposer,
-    ProposerLimits, Raft, StateMachine,
+    self, Forwarded, Forwarder, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse,
+    ProposeError, Proposer, ProposerLimits, Raft, StateMachine,
 };
 use crate::recent::Recent;
 use crate::store::{self, EnvKind};
@@ -144,6 +144,8 @@ struct Inner {
     cluster_id: u64,
     raft: Raft,
     proposer: Proposer,
+    /// Groups the writes this server forwards to the leader.
+    forwarder: Forwarder,
     store: KvStore,
     /// The latest applied revision, for watchers to wait on.
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
@@ -339,6 +341,11 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let forwarder = Forwarder::start(
+            network.clone(),
+            config.limits.request_timeout,
+            metrics.forward_requests.clone(),
+        );
         let node = Node {
             inner: Arc::new(Inner {
                 config,
@@ -349,6 +356,7 @@ impl Node {
                     ProposerLimits::default(),
                     metrics.proposal_commands.clone(),
                 ),
+                forwarder,
                 raft,
                 store: kv,
                 revisions,
@@ -507,6 +515,7 @@ impl Node {
                         Err(ProposeError::ForwardToLeader(leader)) => leader,
                         Err(ProposeError::Failed(e)) => return Err(NodeError::Raft(e)),
                         Err(ProposeError::Stopped) => return Err(NodeError::Stopped),
+                        Err(ProposeError::Paused) => return Err(NodeError::Draining),
                     }
                 }
             };
@@ -514,22 +523,24 @@ impl Node {
                 if leader_id != inner.id {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     inner.metrics.forwarded_writes.inc();
-                    let request = PeerRequest::Write(command.clone());
-                    let sent = inner.network.send(&member, &request, remaining);
+                    let group = self.feature_on(crate::version::FORWARD_GROUPS);
+                    let sent = inner
+                        .forwarder
+                        .forward((leader_id, member), command.clone(), group);
                     let answer = tokio::select! {
-                        answer = sent => answer,
+                        answer = tokio::time::timeout(remaining, sent) => answer,
                         // A dead leader never answers; once the DC has moved
                         // on, say so rather than wait out the deadline.
                         _ = self.leader_left(leader_id) => return Err(NodeError::LeaderChanged),
                     };
                     match answer {
-                        Ok(PeerResponse::Write(Ok(applied))) => return Ok(applied),
-                        Ok(PeerResponse::Write(Err(ForwardError::NotLeader { .. }))) => {}
-                        Ok(PeerResponse::Write(Err(ForwardError::Unavailable(_)))) => {}
+                        Ok(Forwarded::Answer(Ok(applied))) => return Ok(applied),
+                        Ok(Forwarded::Answer(Err(ForwardError::NotLeader { .. }))) => {}
+                        Ok(Forwarded::Answer(Err(ForwardError::Unavailable(_)))) => {}
                         // Not sent at all: safe to try again.
-                        Err(GatewayError::Connect { .. }) => {}
+                        Ok(Forwarded::NotSent) => {}
                         // Sent, outcome unknown: the client must decide (as with etcd's timeout).
-                        Err(_) | Ok(_) => return Err(NodeError::Timeout),
+                        Ok(Forwarded::Unknown) | Err(_) => return Err(NodeError::Timeout),
                     }
                 }
             }
@@ -1002,6 +1013,10 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn proposer(&self) -> &Proposer {
+        &self.inner.proposer
+    }
+
     pub(crate) fn raft(&self) -> &Raft {
         &self.inner.raft
     }
@@ -1121,18 +1136,28 @@ impl Node {
             PeerRequest::ReadIndex if self.draining() => PeerResponse::ReadIndex(Err(
                 ForwardError::Unavailable("the leader is draining".into()),
             )),
+            PeerRequest::Writes(commands) if self.draining() => PeerResponse::Writes(
+                commands
+                    .iter()
+                    .map(|_| Err(ForwardError::Unavailable("the leader is draining".into())))
+                    .collect(),
+            ),
             PeerRequest::Write(command) => {
-                PeerResponse::Write(match self.inner.proposer.propose(command).await {
-                    Ok(applied) => Ok(applied),
-                    Err(ProposeError::ForwardToLeader(leader)) => {
-                        Err(ForwardError::NotLeader { leader })
-                    }
-                    Err(ProposeError::Failed(e)) => Err(ForwardError::Unavailable(e)),
-                    Err(ProposeError::Stopped) => {
-                        Err(ForwardError::Unavailable("server stopped".into()))
-                    }
-                })
+                PeerResponse::Write(forwarded(self.inner.proposer.propose(command).await))
             }
+            // Queued with the proposer all at once, so that they go into the
+            // same proposal.
+            PeerRequest::Writes(commands) => PeerResponse::Writes(
+                futures::future::join_all(
+                    commands
+                        .into_iter()
+                        .map(|command| self.inner.proposer.propose(command)),
+                )
+                .await
+                .into_iter()
+                .map(forwarded)
+                .collect(),
+            ),
             PeerRequest::LeaseKeepAlive(id) => {
                 PeerResponse::LeaseClock(self.leader_lease_clock(id, true))
             }
@@ -1163,6 +1188,19 @@ impl Node {
 
 /// A fresh lease id: positive, from the clock and this server's id, so two
 /// servers granting at once do not collide (a collision is retried anyway).
+/// A proposal's outcome as the answer to a forwarded write.
+fn forwarded(result: Result<Applied, ProposeError>) -> Result<Applied, ForwardError> {
+    match result {
+        Ok(applied) => Ok(applied),
+        Err(ProposeError::ForwardToLeader(leader)) => Err(ForwardError::NotLeader { leader }),
+        Err(ProposeError::Failed(e)) => Err(ForwardError::Unavailable(e)),
+        Err(ProposeError::Stopped) => Err(ForwardError::Unavailable("server stopped".into())),
+        Err(ProposeError::Paused) => {
+            Err(ForwardError::Unavailable("the leader is draining".into()))
+        }
+    }
+}
+
 fn new_lease_id(member: u64) -> i64 {
     use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -135,3 +135,60 @@ async fn a_server_down_while_the_log_was_purged_catches_up_by_snapshot() {
         "the lagging server caught up by snapshot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_concurrent_writes_to_the_leader_in_groups() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let url = c.url(follower).to_string();
+    // Grouped forwarding switches on once the leader has seen every member
+    // advertise it (within a few of its one-second checks).
+    let mut on = false;
+    for _ in 0..100 {
+        let v = get_json(&format!("{url}/v1/status")).await.unwrap();
+        on = v["features"]
+            .as_array()
+            .and_then(|f| f.iter().find(|x| x["name"] == "forward-groups"))
+            .and_then(|x| x["on"].as_bool())
+            .unwrap_or(false);
+        if on {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(on, "grouped forwarding never switched on");
+    let writes = 128;
+    let mut tasks = Vec::new();
+    for i in 0..writes {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            put(&url, &format!("grouped/{i:03}"), &format!("v{i}")).await
+        }));
+    }
+    let mut revisions = std::collections::BTreeSet::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, body) = task.await.unwrap().unwrap();
+        assert_eq!(status, 200, "write {i}: {body}");
+        revisions.insert(body["header"]["revision"].as_str().unwrap().to_string());
+    }
+    // Each write got its own answer: one revision per write.
+    assert_eq!(revisions.len(), writes);
+    for i in 0..writes {
+        assert_eq!(
+            get(c.url(leader), &format!("grouped/{i:03}"), false)
+                .await
+                .unwrap(),
+            Some(format!("v{i}").into_bytes()),
+            "write {i}"
+        );
+    }
+    let page = metrics_page(&url).await;
+    let forwarded = metric_in(&page, "meridian_forwarded_writes_total");
+    let requests = metric_in(&page, "meridian_forward_requests_total");
+    assert!(forwarded >= writes as f64, "{forwarded} forwarded");
+    assert!(
+        requests < forwarded,
+        "{forwarded} writes went in {requests} requests: none were grouped"
+    );
+}

@@ -6,11 +6,17 @@
 //! frees up and proposes them as one [`Proposal`]; a few proposals are kept in
 //! flight so that replication of one overlaps the append of the next. Under
 //! light load a write is proposed at once, alone.
+//!
+//! A draining leader pauses the proposer: writes are refused from then on,
+//! and [`Proposer::settled`] tells when the last one in flight is done, so
+//! that the leader's log stops growing before it hands over.
 
 use super::types::{Member, Proposal, Raft};
 use crate::kv::{Applied, Command};
 use openraft::error::{ClientWriteError, RaftError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Why a write was not applied here.
@@ -22,6 +28,8 @@ pub enum ProposeError {
     Failed(String),
     /// Raft or the proposer has stopped.
     Stopped,
+    /// The proposer is paused: this server is draining.
+    Paused,
 }
 
 /// Limits of one proposal.
@@ -51,6 +59,9 @@ type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<(Command, Reply)>,
+    slots: Arc<Semaphore>,
+    in_flight: u32,
+    paused: Arc<AtomicBool>,
 }
 
 impl Proposer {
@@ -58,8 +69,34 @@ impl Proposer {
     /// `sizes` observes how many writes each proposal carries.
     pub fn start(raft: Raft, limits: ProposerLimits, sizes: prometheus::Histogram) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, limits, sizes));
-        Proposer { tx }
+        let in_flight = limits.in_flight.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let slots = Arc::new(Semaphore::new(in_flight as usize));
+        let paused = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(raft, rx, limits, sizes, slots.clone(), paused.clone()));
+        Proposer {
+            tx,
+            slots,
+            in_flight,
+            paused,
+        }
+    }
+
+    /// Refuses writes from now on ([`ProposeError::Paused`]); the ones in
+    /// flight go on.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes writes again.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until no proposal is in flight; false if that takes longer than
+    /// `timeout`. After [`Proposer::pause`], none starts again.
+    pub async fn settled(&self, timeout: Duration) -> bool {
+        let all = self.slots.acquire_many(self.in_flight);
+        matches!(tokio::time::timeout(timeout, all).await, Ok(Ok(_)))
     }
 
     /// Proposes one write and waits until it is applied (or refused).
@@ -77,21 +114,23 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<(Command, Reply)>,
     limits: ProposerLimits,
     sizes: prometheus::Histogram,
+    slots: Arc<Semaphore>,
+    paused: Arc<AtomicBool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
     // A command taken from the queue that did not fit the previous proposal.
     let mut carried: Option<(Command, Reply)> = None;
     loop {
-        // Wait for a free slot first: while all are busy, writes accumulate.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let first = match carried.take() {
             Some(c) => c,
             None => match rx.recv().await {
                 Some(c) => c,
                 None => return,
             },
+        };
+        // Then wait for a free slot: while all are busy, writes accumulate.
+        // (An idle proposer holds no slot, so `settled` sees it idle.)
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
         };
         let mut bytes = first.0.payload_bytes();
         let mut commands = vec![first.0];
@@ -110,6 +149,14 @@ async fn run(
                 }
                 Err(_) => break,
             }
+        }
+        // Checked while holding a slot: `settled` then waits for any
+        // proposal that saw the proposer still running.
+        if paused.load(Ordering::SeqCst) {
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::Paused));
+            }
+            continue;
         }
         sizes.observe(commands.len() as f64);
         let raft = raft.clone();
