@@ -84,8 +84,6 @@ pub struct Metrics {
     pub maintenance_duration: HistogramVec,
     /// Writes forwarded from this follower to the leader.
     pub forwarded_writes: IntCounter,
-    /// Requests that carried forwarded writes to the leader.
-    pub forward_requests: IntCounter,
 }
 
 fn secs(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
@@ -273,10 +271,6 @@ impl Metrics {
             forwarded_writes: c(
                 "meridian_forwarded_writes_total",
                 "Writes forwarded from this follower to the leader.",
-            )?,
-            forward_requests: c(
-                "meridian_forward_requests_total",
-                "Requests from this follower to the leader carrying forwarded writes (several writes may share one).",
             )?,
             api_requests,
             api_duration,

@@ -8,8 +8,8 @@ use crate::lessor::{Lessor, TTL_MAX};
 use crate::metrics::Metrics;
 use crate::raft::network::ForwardError;
 use crate::raft::{
-    self, Forwarded, Forwarder, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse,
-    ProposeError, Proposer, ProposerLimits, Raft, StateMachine,
+    self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, ProposeError, Proposer,
+    ProposerLimits, Raft, StateMachine,
 };
 use crate::recent::Recent;
 use crate::store::{self, EnvKind};
@@ -144,8 +144,6 @@ struct Inner {
     cluster_id: u64,
     raft: Raft,
     proposer: Proposer,
-    /// Groups the writes this server forwards to the leader.
-    forwarder: Forwarder,
     store: KvStore,
     /// The latest applied revision, for watchers to wait on.
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
@@ -341,11 +339,6 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let forwarder = Forwarder::start(
-            network.clone(),
-            config.limits.request_timeout,
-            metrics.forward_requests.clone(),
-        );
         let node = Node {
             inner: Arc::new(Inner {
                 config,
@@ -356,7 +349,6 @@ impl Node {
                     ProposerLimits::default(),
                     metrics.proposal_commands.clone(),
                 ),
-                forwarder,
                 raft,
                 store: kv,
                 revisions,
@@ -523,24 +515,22 @@ impl Node {
                 if leader_id != inner.id {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     inner.metrics.forwarded_writes.inc();
-                    let group = self.feature_on(crate::version::FORWARD_GROUPS);
-                    let sent = inner
-                        .forwarder
-                        .forward((leader_id, member), command.clone(), group);
+                    let request = PeerRequest::Write(command.clone());
+                    let sent = inner.network.send(&member, &request, remaining);
                     let answer = tokio::select! {
-                        answer = tokio::time::timeout(remaining, sent) => answer,
+                        answer = sent => answer,
                         // A dead leader never answers; once the DC has moved
                         // on, say so rather than wait out the deadline.
                         _ = self.leader_left(leader_id) => return Err(NodeError::LeaderChanged),
                     };
                     match answer {
-                        Ok(Forwarded::Answer(Ok(applied))) => return Ok(applied),
-                        Ok(Forwarded::Answer(Err(ForwardError::NotLeader { .. }))) => {}
-                        Ok(Forwarded::Answer(Err(ForwardError::Unavailable(_)))) => {}
+                        Ok(PeerResponse::Write(Ok(applied))) => return Ok(applied),
+                        Ok(PeerResponse::Write(Err(ForwardError::NotLeader { .. }))) => {}
+                        Ok(PeerResponse::Write(Err(ForwardError::Unavailable(_)))) => {}
                         // Not sent at all: safe to try again.
-                        Ok(Forwarded::NotSent) => {}
+                        Err(GatewayError::Connect { .. }) => {}
                         // Sent, outcome unknown: the client must decide (as with etcd's timeout).
-                        Ok(Forwarded::Unknown) | Err(_) => return Err(NodeError::Timeout),
+                        Err(_) | Ok(_) => return Err(NodeError::Timeout),
                     }
                 }
             }
@@ -1136,28 +1126,21 @@ impl Node {
             PeerRequest::ReadIndex if self.draining() => PeerResponse::ReadIndex(Err(
                 ForwardError::Unavailable("the leader is draining".into()),
             )),
-            PeerRequest::Writes(commands) if self.draining() => PeerResponse::Writes(
-                commands
-                    .iter()
-                    .map(|_| Err(ForwardError::Unavailable("the leader is draining".into())))
-                    .collect(),
-            ),
             PeerRequest::Write(command) => {
-                PeerResponse::Write(forwarded(self.inner.proposer.propose(command).await))
+                PeerResponse::Write(match self.inner.proposer.propose(command).await {
+                    Ok(applied) => Ok(applied),
+                    Err(ProposeError::ForwardToLeader(leader)) => {
+                        Err(ForwardError::NotLeader { leader })
+                    }
+                    Err(ProposeError::Failed(e)) => Err(ForwardError::Unavailable(e)),
+                    Err(ProposeError::Stopped) => {
+                        Err(ForwardError::Unavailable("server stopped".into()))
+                    }
+                    Err(ProposeError::Paused) => {
+                        Err(ForwardError::Unavailable("the leader is draining".into()))
+                    }
+                })
             }
-            // Queued with the proposer all at once, so that they go into the
-            // same proposal.
-            PeerRequest::Writes(commands) => PeerResponse::Writes(
-                futures::future::join_all(
-                    commands
-                        .into_iter()
-                        .map(|command| self.inner.proposer.propose(command)),
-                )
-                .await
-                .into_iter()
-                .map(forwarded)
-                .collect(),
-            ),
             PeerRequest::LeaseKeepAlive(id) => {
                 PeerResponse::LeaseClock(self.leader_lease_clock(id, true))
             }
@@ -1188,19 +1171,6 @@ impl Node {
 
 /// A fresh lease id: positive, from the clock and this server's id, so two
 /// servers granting at once do not collide (a collision is retried anyway).
-/// A proposal's outcome as the answer to a forwarded write.
-fn forwarded(result: Result<Applied, ProposeError>) -> Result<Applied, ForwardError> {
-    match result {
-        Ok(applied) => Ok(applied),
-        Err(ProposeError::ForwardToLeader(leader)) => Err(ForwardError::NotLeader { leader }),
-        Err(ProposeError::Failed(e)) => Err(ForwardError::Unavailable(e)),
-        Err(ProposeError::Stopped) => Err(ForwardError::Unavailable("server stopped".into())),
-        Err(ProposeError::Paused) => {
-            Err(ForwardError::Unavailable("the leader is draining".into()))
-        }
-    }
-}
-
 fn new_lease_id(member: u64) -> i64 {
     use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -11,9 +11,7 @@
 //!    from such servers starts here);
 //! 2. the cluster level record itself (`Command::SetClusterLevel`): an
 //!    entry older servers cannot decode, so it is only proposed once every
-//!    member advertises level 2;
-//! 3. grouped forwarding (`PeerRequest::Writes`): a follower sends the
-//!    writes waiting for the leader in one request.
+//!    member advertises level 2.
 
 use crate::kv::{Command, Outcome};
 use crate::raft::PeerRequest;
@@ -22,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The feature level this build reads and writes.
-pub const FEATURE_LEVEL: u32 = 3;
+pub const FEATURE_LEVEL: u32 = 2;
 /// The cluster level of a datacenter that has none recorded.
 pub const BASE_LEVEL: u32 = 1;
 /// Meta key of the recorded cluster level.
@@ -33,10 +31,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Features gated by the cluster level: (name, level that introduced it).
-pub const GATED: &[(&str, u32)] = &[("cluster-level-record", 2), (FORWARD_GROUPS, 3)];
-
-/// The gated feature of grouped forwarding.
-pub const FORWARD_GROUPS: &str = "forward-groups";
+pub const GATED: &[(&str, u32)] = &[("cluster-level-record", 2)];
 
 /// What a server advertises.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -2,7 +2,6 @@
 //! store, the state machine over the MVCC store, snapshots, the proposer that
 //! groups writes into entries, and the network adapter over the peer transport.
 
-mod forwarder;
 mod log_store;
 mod log_tail;
 pub(crate) mod network;
@@ -13,7 +12,6 @@ mod state_machine;
 mod suite;
 mod types;
 
-pub use forwarder::{Forwarded, Forwarder};
 pub use log_store::{LogObserver, LogStore};
 pub use network::{PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};

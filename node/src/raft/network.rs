@@ -71,10 +71,6 @@ pub enum PeerRequest {
         /// The term the leader leads in; a voter that has moved on ignores it.
         term: u64,
     },
-    /// Client writes received by a follower, to be proposed by the leader
-    /// together. Sent only at cluster level 3 and above: older servers cannot
-    /// decode it.
-    Writes(Vec<Command>),
 }
 
 /// Why the leader could not serve a forwarded request.
@@ -110,8 +106,6 @@ pub enum PeerResponse {
     Version(crate::version::Advertised),
     /// Whether the voter started its campaign.
     Campaign(Result<(), ForwardError>),
-    /// Forwarded writes' answers, in the order of the request.
-    Writes(Vec<Result<Applied, ForwardError>>),
 }
 
 /// Builds Raft clients over one endpoint.

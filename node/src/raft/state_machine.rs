@@ -209,30 +209,6 @@ fn write(
     Ok((outcome, writer.finish()?))
 }
 
-/// Puts totalling up to this many bytes are applied on the state machine's
-/// own task: the LMDB commit (not fsynced) takes tens of microseconds, less
-/// than handing the batch to a blocking thread and back.
-const INLINE_APPLY_BYTES: usize = 64 * 1024;
-
-/// Whether `entries` are only puts (and entries without commands) small
-/// enough to apply without leaving the task. Anything whose cost depends on
-/// the store's contents (a range delete, a compaction, a txn) goes to a
-/// blocking thread.
-fn applies_quickly(entries: &[Entry<TypeConfig>]) -> bool {
-    let mut bytes = 0;
-    for entry in entries {
-        if let EntryPayload::Normal(proposal) = &entry.payload {
-            for command in &proposal.commands {
-                if !matches!(command, Command::Put(_)) {
-                    return false;
-                }
-                bytes += command.payload_bytes();
-            }
-        }
-    }
-    bytes <= INLINE_APPLY_BYTES
-}
-
 fn snapshot_error(verb: ErrorVerb, e: SnapshotError) -> StorageError {
     storage_io(ErrorSubject::Snapshot(None), verb, e)
 }
@@ -314,16 +290,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let count = entries.len();
-        let applied = if applies_quickly(&entries) {
-            self.apply_blocking(entries)
-        } else {
-            let this = self.clone();
+        let this = self.clone();
+        let (results, last, leases) =
             tokio::task::spawn_blocking(move || this.apply_blocking(entries))
                 .await
                 .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
-        };
-        let (results, last, leases) =
-            applied.map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         if !leases.0.is_empty() || !leases.1.is_empty() {
             self.observer.leases(&leases.0, &leases.1);
         }
