@@ -5,8 +5,9 @@
 //! - **By vote**, when it and one other voter are a majority (datacenters of
 //!   up to three voters). It waits until its own leader lease has run out
 //!   (`election_timeout_max` from its election; it keeps serving
-//!   meanwhile), stops taking work, waits until the chosen voter holds its
-//!   whole log, and asks that voter to campaign. The leader's vote is the
+//!   meanwhile), stops taking work, waits until the proposals in flight
+//!   are done and the chosen voter holds its whole log, and asks that
+//!   voter to campaign. The leader's vote is the
 //!   one the candidate needs: it grants it and steps down. The handover is
 //!   one vote round; nobody waits for an election timeout.
 //! - **After the lease**, in larger datacenters, where the candidate also
