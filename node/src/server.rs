@@ -815,18 +815,12 @@ impl Node {
         if from < store.compacted_revision(&rtxn)? {
             return Err(KvError::Compacted.into());
         }
-        let current = store.revision(&rtxn)?;
         let recent = &self.inner.recent;
-        // The window is filled by its own task after each apply, so it may
-        // trail storage by a revision or two. What it does not hold yet is
-        // read from storage: a caller woken by an apply must see that apply
-        // (or it waits, with nothing left to wake it, for the next one).
         if let Some((events, last)) = recent.from(from, max, max_bytes) {
-            if !events.is_empty() || last >= current {
-                return Ok((events, last, current.max(recent.last())));
-            }
+            return Ok((events, last, recent.last()));
         }
         self.inner.metrics.watch_history_reads.inc();
+        let current = store.revision(&rtxn)?;
         let (events, last) = store.events(&rtxn, from, max, max_bytes)?;
         Ok((events.into_iter().map(Arc::new).collect(), last, current))
     }
