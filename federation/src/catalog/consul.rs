@@ -301,6 +301,9 @@ async fn wait_for_change(catalog: &Catalog, service: Option<&str>, index: i64, w
         .collect();
     let deadline = tokio::time::Instant::now() + wait;
     let mut revisions = node.subscribe_revisions();
+    // The events come from the shared window of recent changes, filled
+    // after each apply by its own task: its updates wake the wait too.
+    let mut feed = node.subscribe_feed();
     let mut from = index + 1;
     // An index far behind is answered at once rather than followed through
     // its whole history (a client from before a restore, or a made-up one).
@@ -337,6 +340,7 @@ async fn wait_for_change(catalog: &Catalog, service: Option<&str>, index: i64, w
         // change applied between reading the events and subscribing again.
         tokio::select! {
             changed = revisions.changed() => if changed.is_err() { return },
+            changed = feed.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = tokio::time::sleep_until(deadline) => return,
         }

@@ -85,7 +85,12 @@ async fn stream(
     let node = &fed.shared.node;
     let metrics = &fed.shared.metrics;
     let dc = request.from.as_str();
+    // Changes come from the shared window of recent changes, which its own
+    // task fills after each apply: wake for it (`feed`) as well as for the
+    // apply (`revisions`), or the last write of a burst, applied but not yet
+    // in the window when read, waits for the next heartbeat.
     let mut revisions = node.subscribe_revisions();
+    let mut feed = node.subscribe_feed();
     let mut after = request.after;
     let mut resync = request.resync;
     let mut last_sent = Instant::now();
@@ -142,6 +147,11 @@ async fn stream(
         let wait = HEARTBEAT.saturating_sub(last_sent.elapsed());
         tokio::select! {
             changed = revisions.changed() => {
+                if changed.is_err() {
+                    return Err("the source server is stopping".into());
+                }
+            }
+            changed = feed.changed() => {
                 if changed.is_err() {
                     return Err("the source server is stopping".into());
                 }
