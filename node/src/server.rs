@@ -803,7 +803,11 @@ impl Node {
     /// Changes from revision `from` on (whole revisions, about `max` events
     /// or `max_bytes`), with the last revision covered and the revision the
     /// answer is as of. Recent changes come from the shared window (read from
-    /// storage once for all watchers); older ones from storage.
+    /// storage once for all watchers); older ones from storage. The window
+    /// takes in each apply a moment after it: a caller that waits for more
+    /// waits on [`Node::subscribe_feed`], not on the apply
+    /// ([`Node::subscribe_revisions`]), or it can read before the window has
+    /// the change and sleep past it.
     pub fn events(
         &self,
         from: i64,

@@ -300,9 +300,7 @@ async fn wait_for_change(catalog: &Catalog, service: Option<&str>, index: i64, w
         })
         .collect();
     let deadline = tokio::time::Instant::now() + wait;
-    let mut revisions = node.subscribe_revisions();
-    // The events come from the shared window of recent changes, filled
-    // after each apply by its own task: its updates wake the wait too.
+    // Woken when the window `Node::events` reads has taken in new changes.
     let mut feed = node.subscribe_feed();
     let mut from = index + 1;
     // An index far behind is answered at once rather than followed through
@@ -336,10 +334,9 @@ async fn wait_for_change(catalog: &Catalog, service: Option<&str>, index: i64, w
         if tokio::time::Instant::now() >= deadline {
             return;
         }
-        // A change of revision wakes the wait; the short sleep covers a
-        // change applied between reading the events and subscribing again.
+        // New changes in the window wake the wait; the short sleep is a
+        // second line for a wake-up missed all the same.
         tokio::select! {
-            changed = revisions.changed() => if changed.is_err() { return },
             changed = feed.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = tokio::time::sleep_until(deadline) => return,

@@ -85,11 +85,7 @@ async fn stream(
     let node = &fed.shared.node;
     let metrics = &fed.shared.metrics;
     let dc = request.from.as_str();
-    // Changes come from the shared window of recent changes, which its own
-    // task fills after each apply: wake for it (`feed`) as well as for the
-    // apply (`revisions`), or the last write of a burst, applied but not yet
-    // in the window when read, waits for the next heartbeat.
-    let mut revisions = node.subscribe_revisions();
+    // Woken when the window `Node::events` reads has taken in new changes.
     let mut feed = node.subscribe_feed();
     let mut after = request.after;
     let mut resync = request.resync;
@@ -146,11 +142,6 @@ async fn stream(
         // Caught up: wait for the next applied revision, saying how far we are now and then.
         let wait = HEARTBEAT.saturating_sub(last_sent.elapsed());
         tokio::select! {
-            changed = revisions.changed() => {
-                if changed.is_err() {
-                    return Err("the source server is stopping".into());
-                }
-            }
             changed = feed.changed() => {
                 if changed.is_err() {
                     return Err("the source server is stopping".into());
