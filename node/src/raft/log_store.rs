@@ -183,8 +183,15 @@ impl Shared {
         Ok(Some(committed))
     }
 
-    /// Commits `wtxn` durably, timing the commit.
-    fn commit(&self, wtxn: RwTxn, carried: Option<Option<LogId>>) -> Result<(), String> {
+    /// Runs `change` in one durable transaction that also carries the
+    /// committed id if it changed, timing the commit.
+    fn transact(
+        &self,
+        change: impl FnOnce(&mut RwTxn) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut wtxn = self.env.write_txn().map_err(|e| e.to_string())?;
+        change(&mut wtxn)?;
+        let carried = self.carry_committed(&mut wtxn)?;
         let start = std::time::Instant::now();
         wtxn.commit().map_err(|e| e.to_string())?;
         self.observer.fsync(start.elapsed());
@@ -212,13 +219,7 @@ fn write_behind(shared: &Shared, rx: &mpsc::Receiver<Op>) {
         };
         match op {
             Op::Write { change, done } => {
-                let result = (|| {
-                    let mut wtxn = shared.env.write_txn().map_err(|e| e.to_string())?;
-                    change(shared, &mut wtxn)?;
-                    let carried = shared.carry_committed(&mut wtxn)?;
-                    shared.commit(wtxn, carried)
-                })();
-                let _ = done.send(result);
+                let _ = done.send(shared.transact(|wtxn| change(shared, wtxn)));
             }
             Op::Append { entries, callback } => {
                 let mut appends = vec![(entries, callback)];
@@ -232,19 +233,15 @@ fn write_behind(shared: &Shared, rx: &mpsc::Receiver<Op>) {
                         Err(_) => break,
                     }
                 }
-                let result = (|| {
-                    let mut wtxn = shared.env.write_txn().map_err(|e| e.to_string())?;
-                    for (entries, _) in &appends {
-                        for (log_id, bytes) in entries {
-                            shared
-                                .log
-                                .put(&mut wtxn, &log_id.index, bytes)
-                                .map_err(|e| e.to_string())?;
-                        }
+                let result = shared.transact(|wtxn| {
+                    for (log_id, bytes) in appends.iter().flat_map(|(entries, _)| entries) {
+                        shared
+                            .log
+                            .put(wtxn, &log_id.index, bytes)
+                            .map_err(|e| e.to_string())?;
                     }
-                    let carried = shared.carry_committed(&mut wtxn)?;
-                    shared.commit(wtxn, carried)
-                })();
+                    Ok(())
+                });
                 if result.is_ok() {
                     // Durable now: the tail may let them go to LMDB alone.
                     let ids = appends
