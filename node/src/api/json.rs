@@ -479,12 +479,12 @@ impl Serialize for HeaderOut<'_> {
         let h = self.0;
         let mut m = s.serialize_map(None)?;
         if h.cluster_id != 0 {
-            m.serialize_entry("cluster_id", &Decimal(h.cluster_id))?;
-            m.serialize_entry("member_id", &Decimal(h.member_id))?;
+            m.serialize_entry("cluster_id", &AsString(h.cluster_id))?;
+            m.serialize_entry("member_id", &AsString(h.member_id))?;
         }
         int_entry(&mut m, "revision", h.revision)?;
         if h.raft_term != 0 {
-            m.serialize_entry("raft_term", &Decimal(h.raft_term))?;
+            m.serialize_entry("raft_term", &AsString(h.raft_term))?;
         }
         m.end()
     }
@@ -555,10 +555,11 @@ impl Serialize for Seq<'_> {
     }
 }
 
-/// A 64-bit integer as a JSON string, as the gateway writes them.
-struct Decimal<T>(T);
+/// A value written as a JSON string through its `Display`: how the gateway
+/// writes 64-bit integers, and base64 bytes.
+struct AsString<T>(T);
 
-impl<T: std::fmt::Display> Serialize for Decimal<T> {
+impl<T: std::fmt::Display> Serialize for AsString<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
     }
@@ -568,14 +569,14 @@ fn int_entry<M: SerializeMap>(m: &mut M, name: &str, v: i64) -> Result<(), M::Er
     if v == 0 {
         return Ok(());
     }
-    m.serialize_entry(name, &Decimal(v))
+    m.serialize_entry(name, &AsString(v))
 }
 
 fn bytes_entry<M: SerializeMap>(m: &mut M, name: &str, v: &[u8]) -> Result<(), M::Error> {
     if v.is_empty() {
         return Ok(());
     }
-    m.serialize_entry(name, &Decimal(Base64Display::new(v, &STANDARD)))
+    m.serialize_entry(name, &AsString(Base64Display::new(v, &STANDARD)))
 }
 
 fn with_header(h: Option<&Header>, mut o: Obj) -> Value {

@@ -69,7 +69,7 @@ impl Proposer {
     /// `sizes` observes how many writes each proposal carries.
     pub fn start(raft: Raft, limits: ProposerLimits, sizes: prometheus::Histogram) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        let in_flight = limits.in_flight.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let in_flight = u32::try_from(limits.in_flight.max(1)).unwrap_or(u32::MAX);
         let slots = Arc::new(Semaphore::new(in_flight as usize));
         let paused = Arc::new(AtomicBool::new(false));
         tokio::spawn(run(raft, rx, limits, sizes, slots.clone(), paused.clone()));

@@ -1,5 +1,5 @@
 //! openraft's storage test suite run against the LMDB log store (with its
-//! write-behind appends) and the state machine, each build on fresh
+//! write-behind appends) and the state machine, each built on fresh
 //! environments in a temporary directory.
 
 use super::types::{LogId, Member, StorageError, TypeConfig};
