@@ -6,6 +6,7 @@
 
 mod driver;
 mod fanout;
+mod floor;
 mod leases;
 mod mirror;
 mod report;
@@ -123,6 +124,14 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Prints the fsync floor of --dir: the median milliseconds of a 4 KiB
+    /// write plus fsync, over --count of them.
+    FsyncFloor {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
     /// Summarises a JSON-lines file of measurements as Markdown and JSON.
     Report {
         records: PathBuf,
@@ -179,6 +188,9 @@ async fn main() -> anyhow::Result<()> {
                     .write_all(line.as_bytes())?,
                 None => print!("{line}"),
             }
+        }
+        Cmd::FsyncFloor { dir, count } => {
+            println!("{:.3}", floor::measure(&dir, count)?);
         }
         Cmd::Mirror {
             system,

@@ -8,7 +8,7 @@ use crate::lessor::{Lessor, TTL_MAX};
 use crate::metrics::Metrics;
 use crate::raft::network::ForwardError;
 use crate::raft::{
-    self, LogId, LogStore, Member, PeerNetwork, PeerRequest, PeerResponse, ProposeError, Proposer,
+    self, LogId, Member, PeerNetwork, PeerRequest, PeerResponse, ProposeError, Proposer,
     ProposerLimits, Raft, StateMachine,
 };
 use crate::recent::Recent;
@@ -236,12 +236,10 @@ impl Node {
 
         let storage = |e: heed::Error| NodeError::Storage(e.to_string());
         let lock = store::lock_data_dir(&config.data_dir).map_err(NodeError::Storage)?;
-        let raft_env =
-            store::open_env(&config.data_dir.join("raft"), EnvKind::Raft).map_err(storage)?;
         let state_env =
             store::open_env(&config.data_dir.join("state"), EnvKind::State).map_err(storage)?;
-        let log_store =
-            LogStore::open(raft_env, Arc::new(LogMetrics(metrics.clone()))).map_err(storage)?;
+        let log_store = raft::open_log(&config.data_dir, Arc::new(LogMetrics(metrics.clone())))
+            .map_err(NodeError::Storage)?;
         let kv = KvStore::open(state_env)?;
         let cluster_id = match crate::backup::restored(&kv)
             .map_err(|e| NodeError::Storage(e.to_string()))?

@@ -1,262 +1,464 @@
-//! The Raft log in the `raft/` LMDB environment: entries by index (u64
-//! big-endian), the vote, the committed id and the last purged id.
+//! The Raft log in `log/`: segment files of checksummed records ([`wal`]),
+//! one `fdatasync` per batch of appends (ADR 0013).
 //!
 //! Appends are written behind, as openraft's storage contract allows:
 //! `append` keeps the entries in memory ([`LogTail`]), where reads find them,
-//! and queues them for the log's writer thread. The writer commits every append that
-//! has queued up in one LMDB transaction (one fsync) and only then tells
-//! openraft the entries are durable. So replication of a batch starts while
-//! its fsync runs, and one fsync carries all the appends that arrived during
-//! the previous one. Nothing counts toward a quorum before it is on disk.
-//! Durable entries stay in memory within a budget, since replication and
-//! apply read them again right after.
+//! and queues them for the log's writer thread. The writer writes every
+//! append that has queued up as one run of records, syncs once, and only
+//! then tells openraft the entries are durable. So replication of a batch
+//! starts while its sync runs, and one sync carries all the appends that
+//! arrived during the previous one. Nothing counts toward a quorum before
+//! it is on disk. Durable entries stay in memory within a budget, since
+//! replication and apply read them again right after; older ones are read
+//! from their segment.
 //!
 //! The committed id is only a hint for the next start (openraft applies up
 //! to it before hearing from a leader), so it is kept in memory and written
-//! with the next commit instead of costing an fsync of its own.
+//! with the next batch instead of costing a sync of its own.
 //!
 //! Vote, truncate and purge are awaited: each returns once durable, and the
-//! writer runs them in the order they were queued with the appends.
+//! writer runs them in the order they were queued with the appends. A purge
+//! deletes the oldest segments once every entry they hold is purged.
+//!
+//! [`wal`]: super::wal
 
 use super::log_tail::LogTail;
 use super::types::{storage_io, LogId, StorageError, TypeConfig};
-use heed::byteorder::BigEndian;
-use heed::types::{Bytes, Str, U64};
-use heed::{Database, Env, RwTxn, WithoutTls};
+use super::wal::{self, Active, Loc, LogMeta, Record};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, Vote};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::fs::File;
+use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
-const META_VOTE: &str = "vote";
-const META_COMMITTED: &str = "committed";
-const META_PURGED: &str = "last_purged";
-
-/// Appends the writer folds into one transaction at most.
-const APPENDS_PER_COMMIT_MAX: usize = 1024;
+/// Appends the writer folds into one sync at most.
+const APPENDS_PER_SYNC_MAX: usize = 1024;
 
 /// Encoded bytes of durable entries kept in memory for replication and apply.
 const TAIL_BYTES: usize = 8 * 1024 * 1024;
 
-/// The Raft log storage; cheap to clone (every clone shares the environment,
-/// the in-memory tail and the writer).
+/// The Raft log storage; cheap to clone (every clone shares the files, the
+/// in-memory tail and the writer).
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
     ops: mpsc::Sender<Op>,
 }
 
-/// Told about the log's durable commits and the committed index.
+/// Told about the log's durable writes and the committed index.
 pub trait LogObserver: Send + Sync + 'static {
-    /// A durable LMDB commit took `duration`.
+    /// A sync of the log took `duration`.
     fn fsync(&self, duration: std::time::Duration);
     /// The committed log index advanced to `index`.
     fn committed(&self, index: u64);
 }
 
 struct Shared {
-    env: &'static Env<WithoutTls>,
-    log: Database<'static, U64<BigEndian>, Bytes>,
-    meta: Database<'static, Str, Bytes>,
+    dir: PathBuf,
+    /// A segment is closed once a write would take it past this size.
+    segment_bytes: u64,
     observer: Arc<dyn LogObserver>,
     /// The newest entries: all that are not durable yet, and more.
     tail: Mutex<LogTail>,
     /// The newest committed id and whether the writer has stored it.
     committed: Mutex<(Option<LogId>, bool)>,
+    /// What is on disk, as the writer left it.
+    disk: Mutex<Disk>,
 }
 
-type WriteFn = Box<dyn FnOnce(&Shared, &mut RwTxn) -> Result<(), String> + Send>;
+/// The durable log: where each entry lies, the segments, and the state.
+struct Disk {
+    meta: LogMeta,
+    entries: BTreeMap<u64, Loc>,
+    segments: BTreeMap<u64, wal::Segment>,
+}
+
+/// A durable change other than an append.
+enum Change {
+    Vote(Vote<u64>),
+    Truncate(u64),
+    Purge(LogId),
+}
 
 /// Work for the writer thread.
 enum Op {
-    /// Encoded entries, and whom to tell once they are durable.
+    /// Encoded entries, and what to call once they are durable.
     Append {
         entries: Vec<(LogId, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
+        done: Flushed,
     },
-    /// Any other durable change, answered when committed.
+    /// Any other durable change, answered once durable.
     Write {
-        change: WriteFn,
-        done: oneshot::Sender<Result<(), String>>,
+        change: Change,
+        done: oneshot::Sender<io::Result<()>>,
     },
 }
+
+/// Told once an append is durable (or failed).
+type Flushed = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LogStore {
-    /// Creates the tables and starts the writer thread; `observer` is told
-    /// of commits and the committed index.
+    /// Opens the log in `dir` (creating it), recovering what a crash left;
+    /// `import` may first seed a new log (a server upgraded from the LMDB
+    /// log). Starts the writer thread; `observer` is told of syncs and the
+    /// committed index.
     pub fn open(
-        env: &'static Env<WithoutTls>,
+        dir: &Path,
         observer: Arc<dyn LogObserver>,
-    ) -> Result<LogStore, heed::Error> {
-        let wtxn = env.write_txn()?;
-        let (log, meta) = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
-                let log = opener.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("log"))?;
-                let meta = opener.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
-                Ok(heed::CommitOrAbort::<_, ()>::Commit((log, meta)))
-            })?
-            .unwrap_commit();
+        import: Option<Imported>,
+    ) -> io::Result<LogStore> {
+        LogStore::open_sized(dir, observer, import, wal::SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open`] with segments closed at `segment_bytes`.
+    fn open_sized(
+        dir: &Path,
+        observer: Arc<dyn LogObserver>,
+        import: Option<Imported>,
+        segment_bytes: u64,
+    ) -> io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let mut replayed = wal::replay(dir)?;
+        if let Some(imported) = import {
+            if replayed.segments.is_empty() {
+                write_imported(dir, &imported)?;
+                replayed = wal::replay(dir)?;
+            }
+        }
+        let seq = replayed.segments.keys().next_back().map_or(1, |s| s + 1);
+        let active = Active::create(dir, seq, &replayed.meta)?;
+        let mut segments = replayed.segments;
+        segments.insert(
+            seq,
+            wal::Segment {
+                file: active.file.clone(),
+                max_index: None,
+            },
+        );
+        let committed = replayed.meta.committed;
         let shared = Arc::new(Shared {
-            env,
-            log,
-            meta,
+            dir: dir.to_path_buf(),
+            segment_bytes,
             observer,
             tail: Mutex::new(LogTail::new(TAIL_BYTES)),
-            committed: Mutex::new((None, true)),
+            committed: Mutex::new((committed, true)),
+            disk: Mutex::new(Disk {
+                meta: replayed.meta,
+                entries: replayed.entries,
+                segments,
+            }),
         });
         let (ops, rx) = mpsc::channel();
         let writer = shared.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_behind(&writer, &rx))
-            .map_err(heed::Error::Io)?;
+            .spawn(move || {
+                Writer {
+                    shared: &writer,
+                    active,
+                }
+                .run(&rx)
+            })?;
         Ok(LogStore { shared, ops })
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        name: &str,
-        subject: ErrorSubject<u64>,
-    ) -> Result<Option<T>, StorageError> {
-        let s = &self.shared;
-        let rtxn = s
-            .env
-            .read_txn()
-            .map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))?;
-        match s
-            .meta
-            .get(&rtxn, name)
-            .map_err(|e| storage_io(subject.clone(), ErrorVerb::Read, e))?
-        {
-            Some(bytes) => postcard::from_bytes(bytes)
-                .map(Some)
-                .map_err(|e| storage_io(subject, ErrorVerb::Read, e)),
-            None => Ok(None),
-        }
-    }
-
-    /// Has the writer run `change` in its own durable transaction, after
-    /// everything queued before it; returns once it is committed.
-    async fn write<F>(&self, subject: ErrorSubject<u64>, change: F) -> Result<(), StorageError>
-    where
-        F: FnOnce(&Shared, &mut RwTxn) -> Result<(), String> + Send + 'static,
-    {
+    /// Has the writer make `change` durable after everything queued before
+    /// it; returns once it is.
+    async fn write(&self, subject: ErrorSubject<u64>, change: Change) -> Result<(), StorageError> {
         let (done, answer) = oneshot::channel();
-        let op = Op::Write {
-            change: Box::new(change),
-            done,
-        };
         let stopped = || storage_io(subject.clone(), ErrorVerb::Write, "the log writer stopped");
-        self.ops.send(op).map_err(|_| stopped())?;
+        self.ops
+            .send(Op::Write { change, done })
+            .map_err(|_| stopped())?;
         answer
             .await
             .map_err(|_| stopped())?
             .map_err(|e| storage_io(subject.clone(), ErrorVerb::Write, e))
     }
+
+    /// Reads the durable entries in `bounds` below `before` from their segments.
+    fn read_disk(
+        &self,
+        bounds: (Bound<u64>, Bound<u64>),
+        before: Option<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let wanted: Vec<(Loc, Arc<File>)> = {
+            let disk = lock(&self.shared.disk);
+            let mut wanted = Vec::new();
+            for (&index, loc) in disk.entries.range(bounds) {
+                if before.is_some_and(|b| index >= b) {
+                    break;
+                }
+                let file = disk.segments.get(&loc.segment).ok_or_else(|| {
+                    storage_io(
+                        ErrorSubject::Log(loc.id),
+                        ErrorVerb::Read,
+                        "the entry's segment was deleted",
+                    )
+                })?;
+                wanted.push((*loc, file.file.clone()));
+            }
+            wanted
+        };
+        let mut entries = Vec::with_capacity(wanted.len());
+        for (loc, file) in wanted {
+            let bytes = wal::read_at(&file, &loc)?;
+            let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes)
+                .map_err(|e| storage_io(ErrorSubject::Log(loc.id), ErrorVerb::Read, e))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
 }
 
-impl Shared {
-    fn put_meta<T: serde::Serialize>(
-        &self,
-        wtxn: &mut RwTxn,
-        name: &str,
-        value: &T,
-    ) -> Result<(), String> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| e.to_string())?;
-        self.meta.put(wtxn, name, &bytes).map_err(|e| e.to_string())
+impl LogStore {
+    /// Puts `entries` in the tail and queues them for the writer, which
+    /// calls `done` once they are durable.
+    fn enqueue(&self, entries: Vec<Entry<TypeConfig>>, done: Flushed) -> Result<(), StorageError> {
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let bytes = postcard::to_allocvec(entry)
+                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            encoded.push((entry.log_id, bytes));
+        }
+        {
+            let mut tail = lock(&self.shared.tail);
+            for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
+                tail.insert(entry, bytes.len());
+            }
+        }
+        let op = Op::Append {
+            entries: encoded,
+            done,
+        };
+        self.ops.send(op).map_err(|_| {
+            storage_io(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                "the log writer stopped",
+            )
+        })
+    }
+}
+
+/// A log read from elsewhere, written as the first segment of a new log.
+pub struct Imported {
+    /// The vote.
+    pub vote: Option<Vote<u64>>,
+    /// The committed id (a hint for the start).
+    pub committed: Option<LogId>,
+    /// The last purged id.
+    pub purged: Option<LogId>,
+    /// Entries in index order, postcard-encoded.
+    pub entries: Vec<(LogId, Vec<u8>)>,
+}
+
+/// Writes `imported` as segment 1 of the empty log in `dir`, durably and
+/// all at once (a crash midway leaves no segment, so the import runs again).
+fn write_imported(dir: &Path, imported: &Imported) -> io::Result<()> {
+    let meta = LogMeta {
+        vote: imported.vote,
+        committed: imported.committed,
+        purged: imported.purged,
+    };
+    let mut active = Active::begin(dir, 1, &meta)?;
+    let mut buf = Vec::new();
+    for (id, bytes) in &imported.entries {
+        wal::encode(&Record::Entry(*id, bytes), &mut buf)?;
+        if buf.len() >= 1 << 20 {
+            active.write(&buf)?;
+            buf.clear();
+        }
+    }
+    active.write(&buf)?;
+    active.publish(dir)
+}
+
+/// The writer thread's side: the segment being written.
+struct Writer<'a> {
+    shared: &'a Shared,
+    active: Active,
+}
+
+impl Writer<'_> {
+    /// Runs queued work in order, folding consecutive appends into one sync.
+    /// Ends when every [`LogStore`] is dropped.
+    fn run(mut self, rx: &mpsc::Receiver<Op>) {
+        let mut next = None;
+        loop {
+            let op = match next.take() {
+                Some(op) => op,
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => return,
+                },
+            };
+            match op {
+                Op::Write { change, done } => {
+                    let _ = done.send(self.change(change));
+                }
+                Op::Append { entries, done } => {
+                    let mut appends = vec![(entries, done)];
+                    while appends.len() < APPENDS_PER_SYNC_MAX {
+                        match rx.try_recv() {
+                            Ok(Op::Append { entries, done }) => appends.push((entries, done)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let result = self.append(&appends);
+                    if result.is_ok() {
+                        // Durable now: the tail may let them go to disk alone.
+                        let ids = appends
+                            .iter()
+                            .flat_map(|(entries, _)| entries.iter().map(|(id, _)| *id));
+                        lock(&self.shared.tail).durable(ids);
+                    }
+                    for (_, done) in appends {
+                        done(match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        });
+                    }
+                }
+            }
+        }
     }
 
-    /// Adds the committed id to `wtxn` if it changed since last written;
-    /// returns what to mark as written once `wtxn` commits.
-    fn carry_committed(&self, wtxn: &mut RwTxn) -> Result<Option<Option<LogId>>, String> {
-        let (committed, written) = *lock(&self.committed);
+    /// Adds the committed id to `buf` if it changed since last written;
+    /// returns what to mark as written once `buf` is durable.
+    fn carry_committed(&self, buf: &mut Vec<u8>) -> io::Result<Option<Option<LogId>>> {
+        let (committed, written) = *lock(&self.shared.committed);
         if written {
             return Ok(None);
         }
-        self.put_meta(wtxn, META_COMMITTED, &committed)?;
+        wal::encode(&Record::Committed(committed), buf)?;
         Ok(Some(committed))
     }
 
-    /// Runs `change` in one durable transaction that also carries the
-    /// committed id if it changed, timing the commit.
-    fn transact(
-        &self,
-        change: impl FnOnce(&mut RwTxn) -> Result<(), String>,
-    ) -> Result<(), String> {
-        let mut wtxn = self.env.write_txn().map_err(|e| e.to_string())?;
-        change(&mut wtxn)?;
-        let carried = self.carry_committed(&mut wtxn)?;
+    /// Writes `buf` (records, plus the committed id if it changed) and syncs,
+    /// moving to a new segment first if this one is full; returns the
+    /// segment and offset `buf` was written at.
+    fn write_durably(&mut self, mut buf: Vec<u8>) -> io::Result<(u64, u64)> {
+        let carried = self.carry_committed(&mut buf)?;
+        if self.active.len() + buf.len() as u64 > self.shared.segment_bytes {
+            self.roll()?;
+        }
+        let at = self.active.write(&buf)?;
         let start = std::time::Instant::now();
-        wtxn.commit().map_err(|e| e.to_string())?;
-        self.observer.fsync(start.elapsed());
+        self.active.sync()?;
+        self.shared.observer.fsync(start.elapsed());
         if let Some(c) = carried {
-            let mut committed = lock(&self.committed);
+            lock(&self.shared.disk).meta.committed = c;
+            let mut committed = lock(&self.shared.committed);
             if committed.0 == c {
                 committed.1 = true;
             }
         }
+        Ok((self.active.seq, at))
+    }
+
+    /// Starts the next segment, opening with the log's state.
+    fn roll(&mut self) -> io::Result<()> {
+        let meta = lock(&self.shared.disk).meta;
+        let seq = self.active.seq + 1;
+        let active = Active::create(&self.shared.dir, seq, &meta)?;
+        // The closed segment's zeroes written ahead are not needed.
+        self.active.trim()?;
+        lock(&self.shared.disk).segments.insert(
+            seq,
+            wal::Segment {
+                file: active.file.clone(),
+                max_index: None,
+            },
+        );
+        self.active = active;
         Ok(())
     }
-}
 
-/// The writer thread: runs queued work in order, folding consecutive
-/// appends into one transaction. Ends when every [`LogStore`] is dropped.
-fn write_behind(shared: &Shared, rx: &mpsc::Receiver<Op>) {
-    let mut next = None;
-    loop {
-        let op = match next.take() {
-            Some(op) => op,
-            None => match rx.recv() {
-                Ok(op) => op,
-                Err(_) => return,
-            },
-        };
-        match op {
-            Op::Write { change, done } => {
-                let _ = done.send(shared.transact(|wtxn| change(shared, wtxn)));
+    fn append(&mut self, appends: &[(Vec<(LogId, Vec<u8>)>, Flushed)]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut at = Vec::new();
+        for (id, bytes) in appends.iter().flat_map(|(entries, _)| entries) {
+            let offset = wal::encode(&Record::Entry(*id, bytes), &mut buf)?;
+            at.push((*id, offset as u64, bytes.len() as u32));
+        }
+        let (segment, base) = self.write_durably(buf)?;
+        let mut disk = lock(&self.shared.disk);
+        for (id, offset, len) in at {
+            disk.entries.split_off(&id.index);
+            disk.entries.insert(
+                id.index,
+                Loc {
+                    id,
+                    segment,
+                    offset: base + offset,
+                    len,
+                },
+            );
+            if let Some(s) = disk.segments.get_mut(&segment) {
+                s.max_index = s.max_index.max(Some(id.index));
             }
-            Op::Append { entries, callback } => {
-                let mut appends = vec![(entries, callback)];
-                while appends.len() < APPENDS_PER_COMMIT_MAX {
-                    match rx.try_recv() {
-                        Ok(Op::Append { entries, callback }) => appends.push((entries, callback)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, change: Change) -> io::Result<()> {
+        let mut buf = Vec::new();
+        match &change {
+            Change::Vote(v) => wal::encode(&Record::Vote(*v), &mut buf)?,
+            Change::Truncate(index) => wal::encode(&Record::Truncate(*index), &mut buf)?,
+            Change::Purge(id) => wal::encode(&Record::Purge(*id), &mut buf)?,
+        };
+        self.write_durably(buf)?;
+        let mut disk = lock(&self.shared.disk);
+        match change {
+            Change::Vote(v) => disk.meta.vote = Some(v),
+            Change::Truncate(index) => {
+                disk.entries.split_off(&index);
+            }
+            Change::Purge(id) => {
+                disk.meta.purged = Some(id);
+                disk.entries = match id.index.checked_add(1) {
+                    Some(next) => disk.entries.split_off(&next),
+                    None => BTreeMap::new(),
+                };
+                // Delete the oldest segments while all they hold is purged;
+                // only from the front, so no truncation a later segment
+                // relies on goes missing. The state they held is in every
+                // later segment's first record.
+                let mut gone = Vec::new();
+                for (&seq, segment) in &disk.segments {
+                    if seq == self.active.seq || segment.max_index.is_some_and(|m| m > id.index) {
+                        break;
                     }
+                    gone.push(seq);
                 }
-                let result = shared.transact(|wtxn| {
-                    for (log_id, bytes) in appends.iter().flat_map(|(entries, _)| entries) {
-                        shared
-                            .log
-                            .put(wtxn, &log_id.index, bytes)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Ok(())
-                });
-                if result.is_ok() {
-                    // Durable now: the tail may let them go to LMDB alone.
-                    let ids = appends
-                        .iter()
-                        .flat_map(|(entries, _)| entries.iter().map(|(id, _)| *id));
-                    lock(&shared.tail).durable(ids);
+                for seq in &gone {
+                    disk.segments.remove(seq);
                 }
-                for (_, callback) in appends {
-                    callback.log_io_completed(match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(std::io::Error::other(e.clone())),
-                    });
+                drop(disk);
+                for seq in &gone {
+                    wal::remove(&self.shared.dir, *seq)?;
+                }
+                if !gone.is_empty() {
+                    wal::sync_directory(&self.shared.dir)?;
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -265,36 +467,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let subject = || ErrorSubject::Logs;
-        let s = &self.shared;
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        // The tail first, then LMDB for what lies before it: an entry leaves
-        // the tail only once durable, so an entry the tail lets go in
-        // between is in LMDB.
-        let held = lock(&s.tail).range(bounds);
+        // The tail first, then the segments for what lies before it: an
+        // entry leaves the tail only once durable, and the writer records
+        // where it lies before that, so an entry the tail lets go in
+        // between is found on disk.
+        let held = lock(&self.shared.tail).range(bounds);
         let first_held = held.first().map(|e| e.log_id.index);
         if first_held.is_some_and(|f| bounds.0 == Bound::Included(f)) {
             return Ok(held);
         }
-        let rtxn = s
-            .env
-            .read_txn()
-            .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-        let mut entries = Vec::new();
-        for item in s
-            .log
-            .range(&rtxn, &bounds)
-            .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?
-        {
-            let (index, bytes) = item.map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-            if first_held.is_some_and(|f| index >= f) {
-                break;
-            }
-            let entry: Entry<TypeConfig> = postcard::from_bytes(bytes)
-                .map_err(|e| storage_io(subject(), ErrorVerb::Read, e))?;
-            entries.push(entry);
-        }
+        let mut entries = self.read_disk(bounds, first_held)?;
         entries.extend(held);
         Ok(entries)
     }
@@ -304,25 +488,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.read_meta(META_PURGED, ErrorSubject::Store)?;
         let last_held = lock(&self.shared.tail).last();
-        let s = &self.shared;
-        let rtxn = s
-            .env
-            .read_txn()
-            .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        let last_durable = match s
-            .log
-            .last(&rtxn)
-            .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?
-        {
-            Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> = postcard::from_bytes(bytes)
-                    .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-                Some(entry.log_id)
-            }
-            None => last_purged,
-        };
+        let disk = lock(&self.shared.disk);
+        let last_purged = disk.meta.purged;
+        let last_durable = disk
+            .entries
+            .last_key_value()
+            .map(|(_, loc)| loc.id)
+            .or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last_held.or(last_durable),
@@ -334,15 +507,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        let vote = *vote;
-        self.write(ErrorSubject::Vote, move |s, wtxn| {
-            s.put_meta(wtxn, META_VOTE, &vote)
-        })
-        .await
+        self.write(ErrorSubject::Vote, Change::Vote(*vote)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        self.read_meta(META_VOTE, ErrorSubject::Vote)
+        Ok(lock(&self.shared.disk).meta.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -358,9 +527,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if committed.is_some() {
             return Ok(committed);
         }
-        Ok(self
-            .read_meta::<Option<LogId>>(META_COMMITTED, ErrorSubject::Store)?
-            .flatten())
+        Ok(lock(&self.shared.disk).meta.committed)
     }
 
     async fn append<I>(
@@ -372,53 +539,194 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let mut encoded = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let bytes = postcard::to_allocvec(entry)
-                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            encoded.push((entry.log_id, bytes));
-        }
-        {
-            let mut tail = lock(&self.shared.tail);
-            for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
-                tail.insert(entry, bytes.len());
-            }
-        }
-        let op = Op::Append {
-            entries: encoded,
-            callback,
-        };
-        self.ops.send(op).map_err(|_| {
-            storage_io(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                "the log writer stopped",
-            )
-        })
+        self.enqueue(
+            entries.into_iter().collect(),
+            Box::new(move |result| callback.log_io_completed(result)),
+        )
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Appends already queued are written first, then deleted here.
+        // Appends already queued are written first, then cut off here.
         lock(&self.shared.tail).truncate(log_id.index);
-        self.write(ErrorSubject::Logs, move |s, wtxn| {
-            s.log
-                .delete_range(wtxn, &(log_id.index..))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
+        self.write(ErrorSubject::Logs, Change::Truncate(log_id.index))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         lock(&self.shared.tail).purge(log_id.index);
-        self.write(ErrorSubject::Logs, move |s, wtxn| {
-            s.put_meta(wtxn, META_PURGED, &log_id)?;
-            s.log
-                .delete_range(wtxn, &(..=log_id.index))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
+        self.write(ErrorSubject::Logs, Change::Purge(log_id)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{open_env, EnvKind};
+    use heed::byteorder::BigEndian;
+    use heed::types::{Bytes, Str, U64};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    struct Quiet;
+
+    impl LogObserver for Quiet {
+        fn fsync(&self, _: std::time::Duration) {}
+        fn committed(&self, _: u64) {}
+    }
+
+    fn id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: id(term, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    async fn append(log: &LogStore, entries: Vec<Entry<TypeConfig>>) {
+        let (tx, rx) = oneshot::channel();
+        log.enqueue(
+            entries,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .expect("queued");
+        rx.await.expect("answered").expect("durable");
+    }
+
+    async fn ids(log: &mut LogStore) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(..)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect()
+    }
+
+    fn segments(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn the_log_reopens_as_written_across_segments_and_purges_delete_whole_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        // Small segments, so the log spans many.
+        let mut log = LogStore::open_sized(&path, Arc::new(Quiet), None, 512).expect("open");
+        for batch in 0..20u64 {
+            append(&log, (1..=10).map(|i| entry(1, batch * 10 + i)).collect()).await;
+        }
+        log.save_vote(&Vote::new(2, 3)).await.expect("vote");
+        log.truncate(id(1, 191)).await.expect("truncate");
+        append(&log, (191..=195).map(|i| entry(2, i)).collect()).await;
+        log.save_committed(Some(id(2, 193)))
+            .await
+            .expect("committed");
+        append(&log, vec![entry(2, 196)]).await;
+        let many = segments(&path);
+        assert!(many > 4, "{many} segments");
+        log.purge(id(1, 150)).await.expect("purge");
+        let after_purge = segments(&path);
+        assert!(after_purge < many, "{after_purge} of {many} segments left");
+        let expected: Vec<(u64, u64)> = (151..=190)
+            .map(|i| (i, 1))
+            .chain((191..=196).map(|i| (i, 2)))
+            .collect();
+        assert_eq!(ids(&mut log).await, expected);
+        drop(log);
+
+        // Restarted: the same log, vote, committed hint and purge point,
+        // read from the segments (the in-memory tail starts empty).
+        let mut log = LogStore::open_sized(&path, Arc::new(Quiet), None, 512).expect("reopen");
+        assert_eq!(ids(&mut log).await, expected);
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 3)));
+        assert_eq!(
+            log.read_committed().await.expect("committed"),
+            Some(id(2, 193))
+        );
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(id(1, 150)));
+        assert_eq!(state.last_log_id, Some(id(2, 196)));
+        // It goes on where it was.
+        append(&log, vec![entry(2, 197)]).await;
+        let r = log.try_get_log_entries(196..198).await.expect("read");
+        assert_eq!(r.len(), 2);
+
+        // Purging everything leaves the state in the newest segment only.
+        log.purge(id(2, 197)).await.expect("purge all");
+        drop(log);
+        let mut log = LogStore::open_sized(&path, Arc::new(Quiet), None, 512).expect("reopen");
+        assert_eq!(ids(&mut log).await, Vec::<(u64, u64)>::new());
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(id(2, 197)));
+        assert_eq!(state.last_log_id, Some(id(2, 197)));
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 3)));
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_lmdb_is_carried_over_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raft = dir.path().join("raft");
+        // The layout earlier versions wrote, made elsewhere and copied in
+        // (heed opens a path once per process).
+        let env = open_env(&dir.path().join("made"), EnvKind::Raft).expect("env");
+        let wtxn = env.write_txn().expect("txn");
+        let (log, meta) = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+                let log = opener.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("log"))?;
+                let meta = opener.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
+                Ok(heed::CommitOrAbort::<_, ()>::Commit((log, meta)))
+            })
+            .expect("tables")
+            .unwrap_commit();
+        let mut wtxn = env.write_txn().expect("txn");
+        for i in 4..=9 {
+            let bytes = postcard::to_allocvec(&entry(3, i)).expect("encode");
+            log.put(&mut wtxn, &i, &bytes).expect("put");
+        }
+        let vote = Vote::new(3, 1);
+        let put = |wtxn: &mut heed::RwTxn, name: &str, bytes: Vec<u8>| {
+            meta.put(wtxn, name, &bytes).expect("meta");
+        };
+        put(
+            &mut wtxn,
+            "vote",
+            postcard::to_allocvec(&vote).expect("encode"),
+        );
+        put(
+            &mut wtxn,
+            "committed",
+            postcard::to_allocvec(&Some(id(3, 8))).expect("encode"),
+        );
+        put(
+            &mut wtxn,
+            "last_purged",
+            postcard::to_allocvec(&id(3, 3)).expect("encode"),
+        );
+        wtxn.commit().expect("commit");
+        std::fs::create_dir_all(&raft).expect("mkdir");
+        env.copy_to_path(raft.join("data.mdb"), heed::CompactionOption::Disabled)
+            .expect("copy");
+
+        for _ in 0..2 {
+            let mut log = super::super::open_log(dir.path(), Arc::new(Quiet)).expect("open");
+            assert_eq!(
+                ids(&mut log).await,
+                (4..=9).map(|i| (i, 3)).collect::<Vec<_>>()
+            );
+            assert_eq!(log.read_vote().await.expect("vote"), Some(vote));
+            assert_eq!(log.read_committed().await.expect("c"), Some(id(3, 8)));
+            let state = log.get_log_state().await.expect("state");
+            assert_eq!(state.last_purged_log_id, Some(id(3, 3)));
+            assert!(!raft.exists(), "the LMDB log is removed once carried over");
+        }
     }
 }

@@ -1,7 +1,8 @@
-//! Raft for one datacenter: openraft's type configuration, the LMDB log
-//! store, the state machine over the MVCC store, snapshots, the proposer that
+//! Raft for one datacenter: openraft's type configuration, the log store
+//! (segment files), the state machine over the MVCC store, snapshots, the proposer that
 //! groups writes into entries, and the network adapter over the peer transport.
 
+mod lmdb_import;
 mod log_store;
 mod log_tail;
 pub(crate) mod network;
@@ -11,10 +12,30 @@ mod state_machine;
 #[cfg(test)]
 mod suite;
 mod types;
+mod wal;
 
-pub use log_store::{LogObserver, LogStore};
+pub use log_store::{Imported, LogObserver, LogStore};
 pub use network::{PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};
 pub use state_machine::{ApplyObserver, StateMachine};
 pub(crate) use state_machine::{META_APPLIED, META_MEMBERSHIP};
 pub use types::*;
+
+/// Opens the server's Raft log in `data_dir/log/`. A log kept in LMDB by an
+/// earlier version (`data_dir/raft/`) is carried over first, then removed.
+pub fn open_log(
+    data_dir: &std::path::Path,
+    observer: std::sync::Arc<dyn LogObserver>,
+) -> Result<LogStore, String> {
+    let old = data_dir.join("raft");
+    let import = lmdb_import::read(&old)?;
+    let dir = data_dir.join("log");
+    let imported = import.as_ref().map(|i| i.entries.len());
+    let log =
+        LogStore::open(&dir, observer, import).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Some(entries) = imported {
+        tracing::info!(entries, from = %old.display(), to = %dir.display(), "carried the Raft log over from LMDB");
+        std::fs::remove_dir_all(&old).map_err(|e| format!("{}: {e}", old.display()))?;
+    }
+    Ok(log)
+}

@@ -1,4 +1,4 @@
-//! openraft's storage test suite run against the LMDB log store (with its
+//! openraft's storage test suite run against the log store (segment files,
 //! write-behind appends) and the state machine, each built on fresh
 //! environments in a temporary directory.
 
@@ -35,11 +35,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fre
             )
         };
         let dir = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
-        let raft_env =
-            open_env(&dir.path().join("raft"), EnvKind::Raft).map_err(|e| failed(e.to_string()))?;
         let state_env = open_env(&dir.path().join("state"), EnvKind::State)
             .map_err(|e| failed(e.to_string()))?;
-        let log = LogStore::open(raft_env, Arc::new(Quiet)).map_err(|e| failed(e.to_string()))?;
+        let log = LogStore::open(&dir.path().join("log"), Arc::new(Quiet), None)
+            .map_err(|e| failed(e.to_string()))?;
         let kv = KvStore::open(state_env).map_err(|e| failed(e.to_string()))?;
         let sm = StateMachine::new(
             kv,
