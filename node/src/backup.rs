@@ -319,7 +319,7 @@ pub fn restore(
             members.join(", ")
         )));
     }
-    for part in ["raft", "state"] {
+    for part in ["log", "raft", "state"] {
         let dir = data_dir.join(part);
         if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
             return Err(BackupError::Refused(format!(

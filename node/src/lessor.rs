@@ -53,16 +53,22 @@ impl Lessor {
         self.lock().term
     }
 
-    /// Starts leading in `term`: every lease's clock restarts at its TTL plus `extend`.
-    pub fn become_leader(&self, term: u64, leases: &[(i64, i64)], extend: Duration) {
+    /// Starts leading in `term`: every lease's clock restarts at its TTL plus
+    /// `extend`. Does nothing (false) if it leads in `term` already, so that
+    /// two callers racing to start the same term leave the first's clocks.
+    pub fn become_leader(&self, term: u64, leases: &[(i64, i64)], extend: Duration) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
+        if s.term == Some(term) {
+            return false;
+        }
         s.term = Some(term);
         s.revoking.clear();
         s.clocks = leases
             .iter()
             .map(|&(id, granted)| (id, (now + ttl(granted) + extend, granted)))
             .collect();
+        true
     }
 
     /// Stops leading: the clocks are the next leader's business.
@@ -158,6 +164,10 @@ mod tests {
         assert_eq!((c.remaining, c.granted), (12, 10));
         assert_eq!(l.keep_alive(1), Some(10));
         assert_eq!(l.clock(1).unwrap().remaining, 10);
+        // Starting the same term again (a racing caller) changes nothing.
+        assert!(!l.become_leader(3, &[(1, 10)], Duration::from_secs(2)));
+        assert_eq!(l.clock(1).unwrap().remaining, 10);
+        assert!(l.clock(2).is_some());
         assert_eq!(l.keep_alive(9), None);
         l.step_down();
         assert_eq!(l.clock(1), None);

@@ -496,6 +496,9 @@ impl Node {
                 // Another server leads: forward without asking Raft first.
                 Some((id, member)) if id != inner.id => Some((id, member)),
                 _ => {
+                    if matches!(command, Command::LeaseGrant { .. }) {
+                        follow_leadership(self);
+                    }
                     let proposed = inner.proposer.propose(command.clone());
                     match tokio::time::timeout(remaining, proposed)
                         .await
@@ -1129,6 +1132,9 @@ impl Node {
                 ForwardError::Unavailable("the leader is draining".into()),
             )),
             PeerRequest::Write(command) => {
+                if matches!(command, Command::LeaseGrant { .. }) {
+                    follow_leadership(self);
+                }
                 PeerResponse::Write(match self.inner.proposer.propose(command).await {
                     Ok(applied) => Ok(applied),
                     Err(ProposeError::ForwardToLeader(leader)) => {
@@ -1189,40 +1195,55 @@ fn new_lease_id(member: u64) -> i64 {
 /// Expired leases revoked per tick of [`drive_leases`] (10 ticks a second).
 const LEASE_REVOKE_BATCH: usize = 64;
 
+/// Brings the lease clocks in step with Raft's leadership: a new leader
+/// restarts every lease's clock at its TTL plus an election timeout, a
+/// server that stopped leading drops them. Run by [`drive_leases`] every
+/// tick, and before a grant is proposed, so that a lease granted just after
+/// an election starts at its plain TTL (as in etcd, whose leader promotes
+/// its lessor before serving). Returns whether this server leads.
+fn follow_leadership(node: &Node) -> bool {
+    let (state, term) = {
+        let metrics = node.inner.raft.metrics();
+        let m = metrics.borrow();
+        (m.state, m.current_term)
+    };
+    let lessor = &node.inner.lessor;
+    if state != ServerState::Leader {
+        if lessor.leading().is_some() {
+            lessor.step_down();
+        }
+        return false;
+    }
+    if lessor.leading() != Some(term) {
+        let leases = node
+            .read_txn()
+            .ok()
+            .and_then(|rtxn| node.inner.store.leases(&rtxn).ok());
+        let Some(leases) = leases else { return false };
+        let ttls: Vec<(i64, i64)> = leases.iter().map(|(id, r)| (*id, r.ttl)).collect();
+        let extend = node.inner.config.raft.election_timeout_max;
+        if lessor.become_leader(term, &ttls, extend) {
+            tracing::info!(server = %node.inner.config.name, term, leases = ttls.len(), "lease clocks restarted");
+        }
+    }
+    true
+}
+
 /// Keeps the lease clocks in step with leadership and revokes expired leases
 /// through Raft, at most [`LEASE_REVOKE_BATCH`] per tick.
 async fn drive_leases(node: Node) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let extend = node.inner.config.raft.election_timeout_max;
     loop {
         tick.tick().await;
-        let (state, term) = {
-            let metrics = node.inner.raft.metrics();
-            let m = metrics.borrow();
-            (m.state, m.current_term)
-        };
         let lessor = &node.inner.lessor;
         if let Ok(rtxn) = node.read_txn() {
             if let Ok(n) = node.inner.store.lease_count(&rtxn) {
                 node.inner.metrics.leases.set(n as i64);
             }
         }
-        if state != ServerState::Leader {
-            if lessor.leading().is_some() {
-                lessor.step_down();
-            }
+        if !follow_leadership(&node) {
             continue;
-        }
-        if lessor.leading() != Some(term) {
-            let leases = node
-                .read_txn()
-                .ok()
-                .and_then(|rtxn| node.inner.store.leases(&rtxn).ok());
-            let Some(leases) = leases else { continue };
-            let ttls: Vec<(i64, i64)> = leases.iter().map(|(id, r)| (*id, r.ttl)).collect();
-            lessor.become_leader(term, &ttls, extend);
-            tracing::info!(server = %node.inner.config.name, term, leases = ttls.len(), "lease clocks restarted");
         }
         for id in lessor.expired(LEASE_REVOKE_BATCH) {
             let node = node.clone();

@@ -54,7 +54,7 @@ async fn content(base: &str, revision: i64) -> Vec<(Vec<u8>, Vec<u8>, i64, i64, 
 }
 
 fn no_data(dir: &Path) -> bool {
-    ["raft", "state"].iter().all(|part| {
+    ["log", "state"].iter().all(|part| {
         let d = dir.join(part);
         !d.exists() || std::fs::read_dir(&d).map_or(true, |mut r| r.next().is_none())
     })

@@ -101,6 +101,8 @@ enum Op {
 
 /// Told once an append is durable (or failed).
 type Flushed = Box<dyn FnOnce(io::Result<()>) + Send>;
+/// Queued appends: encoded entries and what to call once they are durable.
+type Appends = [(Vec<(LogId, Vec<u8>)>, Flushed)];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -388,7 +390,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn append(&mut self, appends: &[(Vec<(LogId, Vec<u8>)>, Flushed)]) -> io::Result<()> {
+    fn append(&mut self, appends: &Appends) -> io::Result<()> {
         let mut buf = Vec::new();
         let mut at = Vec::new();
         for (id, bytes) in appends.iter().flat_map(|(entries, _)| entries) {

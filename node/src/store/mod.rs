@@ -1,6 +1,7 @@
-//! The two LMDB environments of a server: `raft/` (the log, durable on every
-//! commit) and `state/` (the state machine). Each is opened once and kept for
-//! the life of the process, since heed ties table handles to it.
+//! A server's LMDB environments: `state/` (the state machine), and `raft/`,
+//! where versions before ADR 0013 kept the Raft log (read once, to carry it
+//! over to `log/`). Each is opened once and kept for the life of the
+//! process, since heed ties table handles to it.
 
 use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
 use std::path::Path;
@@ -8,7 +9,8 @@ use std::path::Path;
 /// Which environment to open; they differ in durability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvKind {
-    /// The Raft log: every commit is fsynced before it returns.
+    /// The Raft log of earlier versions: every commit is fsynced before it
+    /// returns.
     Raft,
     /// The state machine: commits are not fsynced one by one. The fsynced Raft
     /// log is the durable record; after a crash the entries after the last
@@ -72,49 +74,44 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
 /// The sizes of a server's database files before and after a defragmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Defragmented {
-    /// Bytes of `raft/data.mdb` and `state/data.mdb` before.
+    /// Bytes of `state/data.mdb` before.
     pub before: u64,
     /// The same after.
     pub after: u64,
 }
 
-/// Rewrites a stopped server's two LMDB files compactly (a compacting copy
-/// of each, then renamed over the original), so that space freed by
-/// compaction and deletes goes back to the file system. Refuses while a
-/// server holds the directory.
+/// Rewrites a stopped server's state file compactly (a compacting copy,
+/// then renamed over the original), so that space freed by compaction and
+/// deletes goes back to the file system. (The Raft log needs none: a purge
+/// deletes whole segment files.) Refuses while a server holds the
+/// directory.
 pub fn defrag(data_dir: &Path) -> Result<Defragmented, String> {
-    for part in ["raft", "state"] {
-        if !data_dir.join(part).join("data.mdb").is_file() {
-            return Err(format!(
-                "{} holds no Meridian data ({part}/data.mdb is missing)",
-                data_dir.display()
-            ));
-        }
+    if !data_dir.join("state").join("data.mdb").is_file() {
+        return Err(format!(
+            "{} holds no Meridian data (state/data.mdb is missing)",
+            data_dir.display()
+        ));
     }
     let _lock = lock_data_dir(data_dir)?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let mut before = 0;
-    let mut after = 0;
-    for (part, kind) in [("raft", EnvKind::Raft), ("state", EnvKind::State)] {
-        let dir = data_dir.join(part);
-        let data = dir.join("data.mdb");
-        before += size(&data);
-        let env = open_env(&dir, kind).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let copy = dir.join("data.mdb.compact");
-        let _ = std::fs::remove_file(&copy);
-        let file = env
-            .copy_to_path(&copy, heed::CompactionOption::Enabled)
-            .map_err(|e| format!("{}: compacting copy: {e}", dir.display()))?;
-        file.sync_all()
-            .map_err(|e| format!("{}: {e}", copy.display()))?;
-        // The environment stays mapped in this process until it exits; the
-        // rename swaps the directory entry, which is what the next server
-        // start opens.
-        std::fs::rename(&copy, &data).map_err(|e| format!("{}: {e}", data.display()))?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        after += size(&data);
+    let dir = data_dir.join("state");
+    let data = dir.join("data.mdb");
+    let before = size(&data);
+    let env = open_env(&dir, EnvKind::State).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let copy = dir.join("data.mdb.compact");
+    let _ = std::fs::remove_file(&copy);
+    let file = env
+        .copy_to_path(&copy, heed::CompactionOption::Enabled)
+        .map_err(|e| format!("{}: compacting copy: {e}", dir.display()))?;
+    file.sync_all()
+        .map_err(|e| format!("{}: {e}", copy.display()))?;
+    // The environment stays mapped in this process until it exits; the
+    // rename swaps the directory entry, which is what the next server
+    // start opens.
+    std::fs::rename(&copy, &data).map_err(|e| format!("{}: {e}", data.display()))?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
     }
+    let after = size(&data);
     Ok(Defragmented { before, after })
 }

@@ -1,4 +1,4 @@
-//! `meridian defrag --data-dir DIR`: rewrites a stopped server's LMDB files
+//! `meridian defrag --data-dir DIR`: rewrites a stopped server's state file
 //! compactly and reports their bytes before and after. Run it on one server
 //! at a time: the others keep serving (and take writes) meanwhile, and the
 //! server catches up when it starts again.
