@@ -433,10 +433,7 @@ impl Writer<'_> {
             }
             Change::Purge(id) => {
                 disk.meta.purged = Some(id);
-                disk.entries = match id.index.checked_add(1) {
-                    Some(next) => disk.entries.split_off(&next),
-                    None => BTreeMap::new(),
-                };
+                wal::drop_through(&mut disk.entries, id.index);
                 // Delete the oldest segments while all they hold is purged;
                 // only from the front, so no truncation a later segment
                 // relies on goes missing. The state they held is in every
@@ -456,7 +453,7 @@ impl Writer<'_> {
                     wal::remove(&self.shared.dir, *seq)?;
                 }
                 if !gone.is_empty() {
-                    wal::sync_directory(&self.shared.dir)?;
+                    wal::sync_dir(&self.shared.dir)?;
                 }
             }
         }

@@ -90,49 +90,42 @@ fn postcard_io(e: postcard::Error) -> io::Error {
 pub(crate) fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> io::Result<usize> {
     let start = out.len();
     out.extend_from_slice(&[0; HEAD]);
-    let mut at = out.len();
-    let kind = match record {
+    let mut at = start;
+    match record {
         Record::State(meta) => {
             out.push(KIND_STATE);
             postcard::to_io(meta, &mut *out).map_err(postcard_io)?;
-            KIND_STATE
         }
         Record::Entry(id, bytes) => {
             out.push(KIND_ENTRY);
             postcard::to_io(id, &mut *out).map_err(postcard_io)?;
             at = out.len();
             out.extend_from_slice(bytes);
-            KIND_ENTRY
         }
         Record::Vote(vote) => {
             out.push(KIND_VOTE);
             postcard::to_io(vote, &mut *out).map_err(postcard_io)?;
-            KIND_VOTE
         }
         Record::Committed(c) => {
             out.push(KIND_COMMITTED);
             postcard::to_io(c, &mut *out).map_err(postcard_io)?;
-            KIND_COMMITTED
         }
         Record::Truncate(index) => {
             out.push(KIND_TRUNCATE);
             out.extend_from_slice(&index.to_le_bytes());
-            KIND_TRUNCATE
         }
         Record::Purge(id) => {
             out.push(KIND_PURGE);
             postcard::to_io(id, &mut *out).map_err(postcard_io)?;
-            KIND_PURGE
         }
-    };
+    }
     let body = &out[start + HEAD..];
     let len = u32::try_from(body.len())
         .map_err(|_| invalid(format!("a log record of {} bytes is too large", body.len())))?;
     let crc = crc32fast::hash(body);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + HEAD].copy_from_slice(&crc.to_le_bytes());
-    debug_assert!(kind != 0);
-    Ok(if kind == KIND_ENTRY { at } else { start })
+    Ok(at)
 }
 
 /// Decodes a record's body (kind and payload); an entry's encoding is
@@ -167,7 +160,8 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.log"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes the directory's entries (a segment created or deleted) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -215,11 +209,16 @@ impl Replayed {
         if !matches!(self.meta.purged, Some(p) if p.index > id.index) {
             self.meta.purged = Some(id);
         }
-        self.entries = match id.index.checked_add(1) {
-            Some(next) => self.entries.split_off(&next),
-            None => BTreeMap::new(),
-        };
+        drop_through(&mut self.entries, id.index);
     }
+}
+
+/// Drops the entries up to and including `index` (a purge).
+pub(crate) fn drop_through(entries: &mut BTreeMap<u64, Loc>, index: u64) {
+    *entries = match index.checked_add(1) {
+        Some(next) => entries.split_off(&next),
+        None => BTreeMap::new(),
+    };
 }
 
 /// The sequence numbers of the segments in `dir`, oldest first; removes
@@ -428,11 +427,6 @@ pub(crate) fn read_at(file: &File, loc: &Loc) -> Result<Vec<u8>, StorageError> {
     file.read_exact_at(&mut bytes, loc.offset)
         .map_err(|e| StorageError::from_io_error(ErrorSubject::Log(loc.id), ErrorVerb::Read, e))?;
     Ok(bytes)
-}
-
-/// Makes the directory's entries (a segment created or deleted) durable.
-pub(crate) fn sync_directory(dir: &Path) -> io::Result<()> {
-    sync_dir(dir)
 }
 
 #[cfg(test)]
