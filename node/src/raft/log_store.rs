@@ -560,28 +560,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::suite::Quiet;
+    use crate::raft::testing::{entry, id};
     use crate::store::{open_env, EnvKind};
     use heed::byteorder::BigEndian;
     use heed::types::{Bytes, Str, U64};
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    struct Quiet;
-
-    impl LogObserver for Quiet {
-        fn fsync(&self, _: std::time::Duration) {}
-        fn committed(&self, _: u64) {}
-    }
-
-    fn id(term: u64, index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(term, 1), index)
-    }
-
-    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
-        Entry {
-            log_id: id(term, index),
-            payload: EntryPayload::Blank,
-        }
-    }
 
     async fn append(log: &LogStore, entries: Vec<Entry<TypeConfig>>) {
         let (tx, rx) = oneshot::channel();

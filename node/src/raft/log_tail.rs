@@ -112,18 +112,7 @@ impl LogTail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    fn id(term: u64, index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(term, 1), index)
-    }
-
-    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
-        Entry {
-            log_id: id(term, index),
-            payload: EntryPayload::Blank,
-        }
-    }
+    use crate::raft::testing::{entry, id};
 
     fn indexes(tail: &LogTail) -> Vec<u64> {
         tail.range((Bound::Unbounded, Bound::Unbounded))

@@ -39,3 +39,23 @@ pub fn open_log(
     }
     Ok(log)
 }
+
+/// Entries for the storage tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{LogId, TypeConfig};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    /// The id of entry `index` of `term` (leader 1).
+    pub(crate) fn id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// A blank entry at `index` of `term`.
+    pub(crate) fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: id(term, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+}

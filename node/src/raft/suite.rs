@@ -10,7 +10,8 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{ErrorSubject, ErrorVerb, SnapshotMeta};
 use std::sync::Arc;
 
-struct Quiet;
+/// An observer that ignores everything (for storage tests).
+pub(crate) struct Quiet;
 
 impl LogObserver for Quiet {
     fn fsync(&self, _: std::time::Duration) {}

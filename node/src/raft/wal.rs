@@ -432,11 +432,7 @@ pub(crate) fn read_at(file: &File, loc: &Loc) -> Result<Vec<u8>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::CommittedLeaderId;
-
-    fn id(term: u64, index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(term, 1), index)
-    }
+    use crate::raft::testing::id;
 
     fn write_records(active: &mut Active, records: &[Record<'_>]) -> Vec<Loc> {
         let mut buf = Vec::new();
