@@ -4,6 +4,12 @@
 //! an election timeout, so a leader change never expires a lease early.
 //! Expired leases are handed out in bounded batches for revocation through
 //! Raft, so an expiry storm does not crowd out client writes.
+//!
+//! The extension is for leases an earlier term granted. A lease granted by an
+//! entry of the leader's own term keeps the clock it started when applied,
+//! even where the clocks learn of the leadership only after that entry (they
+//! follow Raft's leadership from outside, a little late), and a leader whose
+//! clocks stopped and restarted within one term keeps them as they were.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -20,6 +26,24 @@ struct State {
     clocks: HashMap<i64, (Instant, i64)>,
     /// Leases handed out for revocation and not yet gone.
     revoking: HashSet<i64>,
+    /// While not leading: expiries started for leases granted, or clocks kept,
+    /// in term `recent_term`, for the case that this server turns out to
+    /// lead that term. Grants of an older term are dropped.
+    recent: HashMap<i64, Instant>,
+    recent_term: u64,
+}
+
+impl State {
+    /// Remembers `expiry` for lease `id` of `term` in case it is led here.
+    fn remember(&mut self, id: i64, expiry: Instant, term: u64) {
+        if term > self.recent_term {
+            self.recent.clear();
+            self.recent_term = term;
+        }
+        if term == self.recent_term {
+            self.recent.insert(id, expiry);
+        }
+    }
 }
 
 /// A lease's clock as the leader sees it.
@@ -54,37 +78,54 @@ impl Lessor {
     }
 
     /// Starts leading in `term`: every lease's clock restarts at its TTL plus
-    /// `extend`. Does nothing (false) if it leads in `term` already, so that
-    /// two callers racing to start the same term leave the first's clocks.
+    /// `extend`, except those this term granted or already ran (see the
+    /// module's notes). Does nothing (false) if it leads in `term` already,
+    /// so that two callers racing to start the same term leave the first's
+    /// clocks.
     pub fn become_leader(&self, term: u64, leases: &[(i64, i64)], extend: Duration) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
         if s.term == Some(term) {
             return false;
         }
+        let recent = std::mem::take(&mut s.recent);
+        let own = |id: &i64| (s.recent_term == term).then(|| recent.get(id)).flatten();
+        let clocks = leases
+            .iter()
+            .map(|&(id, granted)| {
+                let expiry = own(&id).copied().unwrap_or(now + ttl(granted) + extend);
+                (id, (expiry, granted))
+            })
+            .collect();
+        s.clocks = clocks;
         s.term = Some(term);
         s.revoking.clear();
-        s.clocks = leases
-            .iter()
-            .map(|&(id, granted)| (id, (now + ttl(granted) + extend, granted)))
-            .collect();
         true
     }
 
-    /// Stops leading: the clocks are the next leader's business.
+    /// Stops leading: the clocks are the next leader's business (kept only
+    /// in case this server's leadership of the same term is seen again).
     pub fn step_down(&self) {
         let mut s = self.lock();
-        s.term = None;
-        s.clocks.clear();
+        if let Some(term) = s.term.take() {
+            let clocks = std::mem::take(&mut s.clocks);
+            for (id, (expiry, _)) in clocks {
+                s.remember(id, expiry, term);
+            }
+        }
         s.revoking.clear();
     }
 
-    /// A lease was granted (applied); its clock starts now if this server leads.
-    pub fn granted(&self, id: i64, granted: i64) {
+    /// Lease `id` was granted (applied) by an entry of `term`; its clock
+    /// starts now if this server leads.
+    pub fn granted(&self, id: i64, granted: i64, term: u64) {
+        let expiry = Instant::now() + ttl(granted);
         let mut s = self.lock();
         if s.term.is_some() {
-            s.clocks
-                .insert(id, (Instant::now() + ttl(granted), granted));
+            s.clocks.insert(id, (expiry, granted));
+        }
+        if s.term != Some(term) {
+            s.remember(id, expiry, term);
         }
     }
 
@@ -93,6 +134,7 @@ impl Lessor {
         let mut s = self.lock();
         s.clocks.remove(&id);
         s.revoking.remove(&id);
+        s.recent.remove(&id);
     }
 
     /// Restarts a lease's clock; its TTL, or None if this leader does not know it.
@@ -157,7 +199,7 @@ mod tests {
     #[test]
     fn only_a_leader_keeps_clocks_and_a_new_leader_extends_them() {
         let l = Lessor::default();
-        l.granted(1, 10);
+        l.granted(1, 10, 2);
         assert_eq!(l.clock(1), None, "a follower keeps no clocks");
         l.become_leader(3, &[(1, 10), (2, 0)], Duration::from_secs(2));
         let c = l.clock(1).unwrap();
@@ -179,7 +221,7 @@ mod tests {
         let l = Lessor::default();
         let leases: Vec<(i64, i64)> = (1..=10).map(|id| (id, 0)).collect();
         l.become_leader(1, &leases, Duration::ZERO);
-        l.granted(11, 60);
+        l.granted(11, 60, 1);
         let first = l.expired(4);
         assert_eq!(first.len(), 4);
         let second = l.expired(100);
@@ -192,5 +234,35 @@ mod tests {
         l.revoked(first[0]);
         assert_eq!(l.clock(first[0]), None);
         assert!(l.clock(11).is_some(), "unexpired leases stay");
+    }
+
+    #[test]
+    fn a_lease_granted_in_the_leaders_own_term_is_not_extended() {
+        let l = Lessor::default();
+        let extend = Duration::from_secs(5);
+        // Applied before the clocks learned that this server leads term 4:
+        // one grant of term 3 (an earlier leader's) and one of term 4.
+        l.granted(1, 30, 3);
+        l.granted(2, 30, 4);
+        assert!(l.become_leader(4, &[(1, 30), (2, 30)], extend));
+        assert_eq!(l.clock(1).unwrap().remaining, 35, "an earlier term's lease");
+        assert_eq!(l.clock(2).unwrap().remaining, 30, "this term's own grant");
+        // Leadership of term 4 seen to stop and start again: the clocks stay.
+        assert_eq!(l.keep_alive(1), Some(30));
+        l.step_down();
+        l.granted(3, 30, 4);
+        assert!(l.become_leader(4, &[(1, 30), (2, 30), (3, 30)], extend));
+        for id in 1..=3 {
+            assert_eq!(l.clock(id).unwrap().remaining, 30, "lease {id}");
+        }
+        // A later term extends them all, whatever an older term remembered.
+        l.step_down();
+        l.granted(4, 30, 5);
+        l.revoked(3);
+        assert!(l.become_leader(6, &[(1, 30), (2, 30), (4, 30)], extend));
+        for id in [1, 2, 4] {
+            assert_eq!(l.clock(id).unwrap().remaining, 35, "lease {id}");
+        }
+        assert_eq!(l.clock(3), None);
     }
 }

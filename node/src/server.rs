@@ -199,9 +199,9 @@ impl raft::ApplyObserver for Observer {
         self.metrics.revision.set(revision);
         self.revisions.send_replace(revision);
     }
-    fn leases(&self, granted: &[(i64, i64)], revoked: &[i64]) {
-        for &(id, ttl) in granted {
-            self.lessor.granted(id, ttl);
+    fn leases(&self, granted: &[raft::LeaseGranted], revoked: &[i64]) {
+        for g in granted {
+            self.lessor.granted(g.id, g.ttl, g.term);
         }
         for &id in revoked {
             self.lessor.revoked(id);
@@ -496,9 +496,6 @@ impl Node {
                 // Another server leads: forward without asking Raft first.
                 Some((id, member)) if id != inner.id => Some((id, member)),
                 _ => {
-                    if matches!(command, Command::LeaseGrant { .. }) {
-                        follow_leadership(self);
-                    }
                     let proposed = inner.proposer.propose(command.clone());
                     match tokio::time::timeout(remaining, proposed)
                         .await
@@ -758,7 +755,7 @@ impl Node {
     /// The leader's side of [`Node::lease_clock`].
     fn leader_lease_clock(&self, id: i64, renew: bool) -> Result<Option<(i64, i64)>, ForwardError> {
         let lessor = &self.inner.lessor;
-        if lessor.leading().is_none() {
+        if !follow_leadership(self) {
             return Err(ForwardError::NotLeader {
                 leader: self.known_leader(),
             });
@@ -1132,9 +1129,6 @@ impl Node {
                 ForwardError::Unavailable("the leader is draining".into()),
             )),
             PeerRequest::Write(command) => {
-                if matches!(command, Command::LeaseGrant { .. }) {
-                    follow_leadership(self);
-                }
                 PeerResponse::Write(match self.inner.proposer.propose(command).await {
                     Ok(applied) => Ok(applied),
                     Err(ProposeError::ForwardToLeader(leader)) => {
@@ -1198,9 +1192,9 @@ const LEASE_REVOKE_BATCH: usize = 64;
 /// Brings the lease clocks in step with Raft's leadership: a new leader
 /// restarts every lease's clock at its TTL plus an election timeout, a
 /// server that stopped leading drops them. Run by [`drive_leases`] every
-/// tick, and before a grant is proposed, so that a lease granted just after
-/// an election starts at its plain TTL (as in etcd, whose leader promotes
-/// its lessor before serving). Returns whether this server leads.
+/// tick, and before the clocks answer a client, so that they never answer
+/// for a leadership they have not caught up with. Returns whether this
+/// server leads.
 fn follow_leadership(node: &Node) -> bool {
     let (state, term) = {
         let metrics = node.inner.raft.metrics();

@@ -17,7 +17,7 @@ mod wal;
 pub use log_store::{Imported, LogObserver, LogStore};
 pub use network::{PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};
-pub use state_machine::{ApplyObserver, StateMachine};
+pub use state_machine::{ApplyObserver, LeaseGranted, StateMachine};
 pub(crate) use state_machine::{META_APPLIED, META_MEMBERSHIP};
 pub use types::*;
 

@@ -20,8 +20,8 @@ const INCOMING_SNAPSHOT: &str = "incoming.snap";
 pub trait ApplyObserver: Send + Sync + 'static {
     /// A batch of entries was applied; `revision` is the store's revision after it.
     fn applied(&self, last: LogId, revision: i64, entries: usize);
-    /// Leases were granted (id, TTL) or revoked by the batch just applied.
-    fn leases(&self, granted: &[(i64, i64)], revoked: &[i64]);
+    /// Leases were granted or revoked by the batch just applied.
+    fn leases(&self, granted: &[LeaseGranted], revoked: &[i64]);
     /// A snapshot was built or installed.
     fn snapshot(
         &self,
@@ -34,8 +34,19 @@ pub trait ApplyObserver: Send + Sync + 'static {
 /// The answers of a batch, and its last log id with the revision after it.
 type AppliedBatch = (Vec<Vec<Applied>>, Option<(LogId, i64)>, LeaseChanges);
 
-/// Leases granted (id, TTL) and revoked by a batch.
-type LeaseChanges = (Vec<(i64, i64)>, Vec<i64>);
+/// A lease granted by an applied entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGranted {
+    /// The lease.
+    pub id: i64,
+    /// Its granted TTL in seconds.
+    pub ttl: i64,
+    /// The term of the entry that granted it (the term its proposer led).
+    pub term: u64,
+}
+
+/// Leases granted and revoked by a batch.
+type LeaseChanges = (Vec<LeaseGranted>, Vec<i64>);
 
 /// The state machine storage; cheap to clone.
 #[derive(Clone)]
@@ -114,7 +125,11 @@ impl StateMachine {
                         }
                         match (command, &a.outcome) {
                             (_, Ok(Outcome::LeaseGranted { id, ttl })) => {
-                                leases.0.push((*id, *ttl))
+                                leases.0.push(LeaseGranted {
+                                    id: *id,
+                                    ttl: *ttl,
+                                    term: entry.log_id.leader_id.term,
+                                })
                             }
                             (Command::LeaseRevoke { id }, Ok(_)) => leases.1.push(*id),
                             _ => {}

@@ -3,7 +3,7 @@
 //! environments in a temporary directory.
 
 use super::types::{LogId, Member, StorageError, TypeConfig};
-use super::{ApplyObserver, LogObserver, LogStore, StateMachine};
+use super::{ApplyObserver, LeaseGranted, LogObserver, LogStore, StateMachine};
 use crate::kv::KvStore;
 use crate::store::{open_env, EnvKind};
 use openraft::testing::{StoreBuilder, Suite};
@@ -20,7 +20,7 @@ impl LogObserver for Quiet {
 
 impl ApplyObserver for Quiet {
     fn applied(&self, _: LogId, _: i64, _: usize) {}
-    fn leases(&self, _: &[(i64, i64)], _: &[i64]) {}
+    fn leases(&self, _: &[LeaseGranted], _: &[i64]) {}
     fn snapshot(&self, _: bool, _: &SnapshotMeta<u64, Member>, _: std::time::Duration) {}
 }
 
