@@ -238,7 +238,7 @@ impl Node {
         let lock = store::lock_data_dir(&config.data_dir).map_err(NodeError::Storage)?;
         let state_env =
             store::open_env(&config.data_dir.join("state"), EnvKind::State).map_err(storage)?;
-        let log_store = raft::open_log(&config.data_dir, Arc::new(LogMetrics(metrics.clone())))
+        let log_store = raft::open_log(&config.data_dir, id, Arc::new(LogMetrics(metrics.clone())))
             .map_err(NodeError::Storage)?;
         let kv = KvStore::open(state_env)?;
         let cluster_id = match crate::backup::restored(&kv)
@@ -284,7 +284,9 @@ impl Node {
             config.data_dir.join("snapshots"),
             observer,
         )
-        .map_err(|e| NodeError::Storage(e.to_string()))?;
+        .map_err(|e| NodeError::Storage(e.to_string()))?
+        .after_durable(log_store.durable());
+        let commit_bound = raft::CommitBound::new(log_store.durable());
 
         let material = TlsMaterial::load(&config.tls)?;
         let dc_name = meridian_gateway::tls::datacenter_name(&config.datacenter);
@@ -311,7 +313,8 @@ impl Node {
         endpoint.admit(ALPN_PEER, vec![dc_name]);
         // Other datacenters are admitted by the federation once it knows them.
         endpoint.admit(meridian_gateway::ALPN_WAN, Vec::new());
-        let network = PeerNetwork::new(endpoint.clone(), &config.datacenter);
+        let network = PeerNetwork::new(endpoint.clone(), &config.datacenter)
+            .with_commit_bound(commit_bound.clone());
 
         let raft_config = openraft::Config {
             cluster_name: config.datacenter.clone(),
@@ -375,6 +378,7 @@ impl Node {
         node.refresh_store_metrics();
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(drive_leases(node.clone()));
+        tokio::spawn(pass_on_held_commits(node.inner.raft.clone(), commit_bound));
         tokio::spawn(crate::compactor::run(node.clone()));
         tokio::spawn(crate::version::drive(node.clone()));
         tokio::spawn(feed_recent(node.clone()));
@@ -1184,6 +1188,18 @@ fn new_lease_id(member: u64) -> i64 {
     let mixed = (member.rotate_left(48) ^ nanos ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         & (i64::MAX as u64);
     (mixed as i64).max(1)
+}
+
+/// Once the leader's log catches up with a commit index that was held back
+/// from its followers (see [`raft::CommitBound`]), sends it on at once
+/// instead of with the next append or heartbeat.
+async fn pass_on_held_commits(raft: Raft, bound: raft::CommitBound) {
+    let mut durable = bound.durable();
+    while durable.changed().await.is_ok() {
+        if bound.take_held() && raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Expired leases revoked per tick of [`drive_leases`] (10 ticks a second).

@@ -5,12 +5,25 @@
 //! `append` keeps the entries in memory ([`LogTail`]), where reads find them,
 //! and queues them for the log's writer thread. The writer writes every
 //! append that has queued up as one run of records, syncs once, and only
-//! then tells openraft the entries are durable. So replication of a batch
-//! starts while its sync runs, and one sync carries all the appends that
-//! arrived during the previous one. Nothing counts toward a quorum before
-//! it is on disk. Durable entries stay in memory within a budget, since
-//! replication and apply read them again right after; older ones are read
-//! from their segment.
+//! then tells openraft the entries are durable, so one sync carries all the
+//! appends that arrived during the previous one. Durable entries stay in
+//! memory within a budget, since replication and apply read them again
+//! right after; older ones are read from their segment.
+//!
+//! The leader's own entries are the exception (ADR 0014). openraft 0.9
+//! waits for each append to be durable before it replicates it, so a
+//! leader that answered honestly would sync, then replicate, then wait for
+//! a follower's sync: two syncs in a row. Entries this server made as the
+//! leader of its current vote are reported durable as soon as they are
+//! queued, and replication overlaps the sync. What keeps that safe is
+//! [`LogStore::durable`]: a leader's entry is not applied, and its commit
+//! is not passed to followers, before it is durable here, so nothing acts
+//! on a commit until a majority including the leader really holds it.
+//! Followers' appends are always answered only once durable.
+//!
+//! After a failed write the writer stops: entries already reported durable
+//! cannot be taken back, so the log takes no more, [`DurableLog::failed`]
+//! is set, and openraft stops on the next error.
 //!
 //! The committed id is only a hint for the next start (openraft applies up
 //! to it before hearing from a leader), so it is kept in memory and written
@@ -34,7 +47,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Appends the writer folds into one sync at most.
 const APPENDS_PER_SYNC_MAX: usize = 1024;
@@ -50,6 +63,26 @@ pub struct LogStore {
     ops: mpsc::Sender<Op>,
 }
 
+/// How far the log is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DurableLog {
+    /// The last entry on disk (or the last purged, if none is left).
+    pub last: Option<LogId>,
+    /// A write failed: nothing more becomes durable.
+    pub failed: bool,
+}
+
+impl DurableLog {
+    /// Whether everything through `index` is durable; an error once the
+    /// log has failed.
+    pub fn covers(&self, index: u64) -> Result<bool, &'static str> {
+        if self.failed {
+            return Err("the Raft log failed to write");
+        }
+        Ok(self.last.is_some_and(|l| l.index >= index))
+    }
+}
+
 /// Told about the log's durable writes and the committed index.
 pub trait LogObserver: Send + Sync + 'static {
     /// A sync of the log took `duration`.
@@ -60,6 +93,10 @@ pub trait LogObserver: Send + Sync + 'static {
 
 struct Shared {
     dir: PathBuf,
+    /// This server's member id: its own entries as leader are answered early.
+    me: u64,
+    /// How far the log is durable, for those who must not run ahead of it.
+    durable: watch::Sender<DurableLog>,
     /// A segment is closed once a write would take it past this size.
     segment_bytes: u64,
     observer: Arc<dyn LogObserver>,
@@ -76,6 +113,16 @@ struct Disk {
     meta: LogMeta,
     entries: BTreeMap<u64, Loc>,
     segments: BTreeMap<u64, wal::Segment>,
+}
+
+impl Disk {
+    /// The last durable entry, or the last purged if none is left.
+    fn last(&self) -> Option<LogId> {
+        self.entries
+            .last_key_value()
+            .map(|(_, loc)| loc.id)
+            .or(self.meta.purged)
+    }
 }
 
 /// A durable change other than an append.
@@ -109,21 +156,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LogStore {
-    /// Opens the log in `dir` (creating it), recovering what a crash left;
-    /// `import` may first seed a new log (a server upgraded from the LMDB
-    /// log). Starts the writer thread; `observer` is told of syncs and the
-    /// committed index.
+    /// Opens the log of member `me` in `dir` (creating it), recovering what
+    /// a crash left; `import` may first seed a new log (a server upgraded
+    /// from the LMDB log). Starts the writer thread; `observer` is told of
+    /// syncs and the committed index.
     pub fn open(
         dir: &Path,
+        me: u64,
         observer: Arc<dyn LogObserver>,
         import: Option<Imported>,
     ) -> io::Result<LogStore> {
-        LogStore::open_sized(dir, observer, import, wal::SEGMENT_BYTES)
+        LogStore::open_sized(dir, me, observer, import, wal::SEGMENT_BYTES)
     }
 
     /// [`LogStore::open`] with segments closed at `segment_bytes`.
     fn open_sized(
         dir: &Path,
+        me: u64,
         observer: Arc<dyn LogObserver>,
         import: Option<Imported>,
         segment_bytes: u64,
@@ -147,17 +196,24 @@ impl LogStore {
             },
         );
         let committed = replayed.meta.committed;
+        let disk = Disk {
+            meta: replayed.meta,
+            entries: replayed.entries,
+            segments,
+        };
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
+            me,
+            durable: watch::channel(DurableLog {
+                last: disk.last(),
+                failed: false,
+            })
+            .0,
             segment_bytes,
             observer,
             tail: Mutex::new(LogTail::new(TAIL_BYTES)),
             committed: Mutex::new((committed, true)),
-            disk: Mutex::new(Disk {
-                meta: replayed.meta,
-                entries: replayed.entries,
-                segments,
-            }),
+            disk: Mutex::new(disk),
         });
         let (ops, rx) = mpsc::channel();
         let writer = shared.clone();
@@ -171,6 +227,11 @@ impl LogStore {
                 .run(&rx)
             })?;
         Ok(LogStore { shared, ops })
+    }
+
+    /// How far the log is durable, as it advances.
+    pub fn durable(&self) -> watch::Receiver<DurableLog> {
+        self.shared.durable.subscribe()
     }
 
     /// Has the writer make `change` durable after everything queued before
@@ -223,9 +284,21 @@ impl LogStore {
 }
 
 impl LogStore {
+    /// Whether `entries` are this server's own as the leader of its current
+    /// vote (so they may be answered before they are durable).
+    fn own(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let vote = lock(&self.shared.disk).meta.vote;
+        vote.is_some_and(|v| {
+            v.leader_id.node_id == self.shared.me
+                && entries.iter().all(|e| e.log_id.leader_id == v.leader_id)
+        })
+    }
+
     /// Puts `entries` in the tail and queues them for the writer, which
-    /// calls `done` once they are durable.
+    /// calls `done` once they are durable; the leader's own are answered at
+    /// once (see the module's notes).
     fn enqueue(&self, entries: Vec<Entry<TypeConfig>>, done: Flushed) -> Result<(), StorageError> {
+        let early = self.own(&entries);
         let mut encoded = Vec::with_capacity(entries.len());
         for entry in &entries {
             let bytes = postcard::to_allocvec(entry)
@@ -238,6 +311,11 @@ impl LogStore {
                 tail.insert(entry, bytes.len());
             }
         }
+        let (done, answered): (Flushed, Option<Flushed>) = if early {
+            (Box::new(|_| {}), Some(done))
+        } else {
+            (done, None)
+        };
         let op = Op::Append {
             entries: encoded,
             done,
@@ -248,7 +326,11 @@ impl LogStore {
                 ErrorVerb::Write,
                 "the log writer stopped",
             )
-        })
+        })?;
+        if let Some(done) = answered {
+            done(Ok(()));
+        }
+        Ok(())
     }
 }
 
@@ -306,7 +388,12 @@ impl Writer<'_> {
             };
             match op {
                 Op::Write { change, done } => {
-                    let _ = done.send(self.change(change));
+                    let result = self.change(change);
+                    let ok = self.publish(result.is_ok());
+                    let _ = done.send(result);
+                    if !ok {
+                        return;
+                    }
                 }
                 Op::Append { entries, done } => {
                     let mut appends = vec![(entries, done)];
@@ -328,33 +415,66 @@ impl Writer<'_> {
                             .flat_map(|(entries, _)| entries.iter().map(|(id, _)| *id));
                         lock(&self.shared.tail).durable(ids);
                     }
+                    let ok = self.publish(result.is_ok());
                     for (_, done) in appends {
                         done(match &result {
                             Ok(()) => Ok(()),
                             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
                         });
                     }
+                    if !ok {
+                        return;
+                    }
                 }
             }
         }
     }
 
-    /// Adds the committed id to `buf` if it changed since last written;
-    /// returns what to mark as written once `buf` is durable.
-    fn carry_committed(&self, buf: &mut Vec<u8>) -> io::Result<Option<Option<LogId>>> {
+    /// Tells [`LogStore::durable`]'s watchers how far the log now is, or
+    /// that it failed (`ok` false: the writer then stops); returns `ok`.
+    fn publish(&self, ok: bool) -> bool {
+        if !ok {
+            tracing::error!(dir = %self.shared.dir.display(), "the Raft log failed to write; it takes no more");
+            self.shared.durable.send_modify(|d| d.failed = true);
+            return false;
+        }
+        let last = lock(&self.shared.disk).last();
+        self.shared.durable.send_if_modified(|d| {
+            let changed = d.last != last;
+            d.last = last;
+            changed
+        });
+        true
+    }
+
+    /// Adds the committed id to `buf` if it changed since last written,
+    /// but no further than `upto`, the last entry on disk once `buf` is (a
+    /// leader's commit may run ahead of its own log, see the module's
+    /// notes); returns what to mark as written once `buf` is durable.
+    fn carry_committed(
+        &self,
+        buf: &mut Vec<u8>,
+        upto: Option<LogId>,
+    ) -> io::Result<Option<Option<LogId>>> {
         let (committed, written) = *lock(&self.shared.committed);
         if written {
             return Ok(None);
         }
-        wal::encode(&Record::Committed(committed), buf)?;
-        Ok(Some(committed))
+        let hint = match (committed, upto) {
+            (Some(c), Some(u)) if u.index < c.index => Some(u),
+            (Some(_), None) => return Ok(None),
+            (c, _) => c,
+        };
+        wal::encode(&Record::Committed(hint), buf)?;
+        Ok(Some(hint))
     }
 
     /// Writes `buf` (records, plus the committed id if it changed) and syncs,
     /// moving to a new segment first if this one is full; returns the
-    /// segment and offset `buf` was written at.
-    fn write_durably(&mut self, mut buf: Vec<u8>) -> io::Result<(u64, u64)> {
-        let carried = self.carry_committed(&mut buf)?;
+    /// segment and offset `buf` was written at. `upto` is the last entry on
+    /// disk after it.
+    fn write_durably(&mut self, mut buf: Vec<u8>, upto: Option<LogId>) -> io::Result<(u64, u64)> {
+        let carried = self.carry_committed(&mut buf, upto)?;
         if self.active.len() + buf.len() as u64 > self.shared.segment_bytes {
             self.roll()?;
         }
@@ -397,7 +517,8 @@ impl Writer<'_> {
             let offset = wal::encode(&Record::Entry(*id, bytes), &mut buf)?;
             at.push((*id, offset as u64, bytes.len() as u32));
         }
-        let (segment, base) = self.write_durably(buf)?;
+        let upto = at.last().map(|(id, _, _)| *id);
+        let (segment, base) = self.write_durably(buf, upto)?;
         let mut disk = lock(&self.shared.disk);
         for (id, offset, len) in at {
             disk.entries.split_off(&id.index);
@@ -424,7 +545,8 @@ impl Writer<'_> {
             Change::Truncate(index) => wal::encode(&Record::Truncate(*index), &mut buf)?,
             Change::Purge(id) => wal::encode(&Record::Purge(*id), &mut buf)?,
         };
-        self.write_durably(buf)?;
+        let upto = lock(&self.shared.disk).last();
+        self.write_durably(buf, upto)?;
         let mut disk = lock(&self.shared.disk);
         match change {
             Change::Vote(v) => disk.meta.vote = Some(v),
@@ -602,7 +724,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("log");
         // Small segments, so the log spans many.
-        let mut log = LogStore::open_sized(&path, Arc::new(Quiet), None, 512).expect("open");
+        let mut log = LogStore::open_sized(&path, 1, Arc::new(Quiet), None, 512).expect("open");
         for batch in 0..20u64 {
             append(&log, (1..=10).map(|i| entry(1, batch * 10 + i)).collect()).await;
         }
@@ -627,7 +749,7 @@ mod tests {
 
         // Restarted: the same log, vote, committed hint and purge point,
         // read from the segments (the in-memory tail starts empty).
-        let mut log = LogStore::open_sized(&path, Arc::new(Quiet), None, 512).expect("reopen");
+        let mut log = LogStore::open_sized(&path, 1, Arc::new(Quiet), None, 512).expect("reopen");
         assert_eq!(ids(&mut log).await, expected);
         assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 3)));
         assert_eq!(
@@ -645,12 +767,85 @@ mod tests {
         // Purging everything leaves the state in the newest segment only.
         log.purge(id(2, 197)).await.expect("purge all");
         drop(log);
-        let mut log = LogStore::open_sized(&path, Arc::new(Quiet), None, 512).expect("reopen");
+        let mut log = LogStore::open_sized(&path, 1, Arc::new(Quiet), None, 512).expect("reopen");
         assert_eq!(ids(&mut log).await, Vec::<(u64, u64)>::new());
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(id(2, 197)));
         assert_eq!(state.last_log_id, Some(id(2, 197)));
         assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 3)));
+    }
+
+    /// Queues `entries` and answers whether they were reported durable before
+    /// `enqueue` returned, and whether the log was durable through them
+    /// when they were.
+    async fn answered(log: &LogStore, entries: Vec<Entry<TypeConfig>>) -> (bool, bool) {
+        let last = entries.last().expect("entries").log_id.index;
+        let durable = log.durable();
+        let (tx, mut rx) = oneshot::channel();
+        log.enqueue(
+            entries,
+            Box::new(move |r| {
+                let covered = durable.borrow().covers(last) == Ok(true);
+                let _ = tx.send((r.is_ok(), covered));
+            }),
+        )
+        .expect("queued");
+        let at_once = rx.try_recv().ok();
+        let (ok, covered) = match at_once {
+            Some(a) => a,
+            None => rx.await.expect("answered"),
+        };
+        assert!(ok);
+        (at_once.is_some(), covered)
+    }
+
+    #[tokio::test]
+    async fn a_leaders_own_entries_are_answered_when_queued_and_no_one_elses_before_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let mut log = LogStore::open(&path, 1, Arc::new(Quiet), None).expect("open");
+        let mut durable = log.durable();
+        assert_eq!(durable.borrow().last, None);
+
+        // Following leader 2 in term 2: answered only once durable.
+        log.save_vote(&Vote::new_committed(2, 2))
+            .await
+            .expect("vote");
+        let theirs = |i| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(2, 2), i),
+            payload: openraft::EntryPayload::Blank,
+        };
+        let (_, covered) = answered(&log, (1..=3).map(theirs).collect()).await;
+        assert!(covered, "a follower's entries are durable when answered");
+        assert_eq!(durable.borrow_and_update().last.map(|l| l.index), Some(3));
+
+        // Leading term 3: this server's own entries are answered at once.
+        log.save_vote(&Vote::new_committed(3, 1))
+            .await
+            .expect("vote");
+        let (at_once, _) = answered(&log, vec![entry(3, 4), entry(3, 5)]).await;
+        assert!(at_once, "the leader's own entries are answered when queued");
+        let upto5 = durable.wait_for(|d| d.covers(5) == Ok(true));
+        tokio::time::timeout(std::time::Duration::from_secs(10), upto5)
+            .await
+            .expect("durable in time")
+            .expect("watch");
+        // Entries this server did not make as the leader of its vote are
+        // not its own.
+        let (_, covered) = answered(&log, vec![theirs(6)]).await;
+        assert!(covered);
+
+        // A commit ahead of the log (the leader's own entries counted early)
+        // is stored no further than the log reaches.
+        log.save_committed(Some(id(3, 9))).await.expect("committed");
+        log.save_vote(&Vote::new_committed(4, 1))
+            .await
+            .expect("vote");
+        drop(log);
+        let mut log = LogStore::open(&path, 1, Arc::new(Quiet), None).expect("reopen");
+        let committed = log.read_committed().await.expect("committed");
+        assert_eq!(committed.map(|c| c.index), Some(6));
+        assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(6));
     }
 
     #[tokio::test]
@@ -699,7 +894,7 @@ mod tests {
             .expect("copy");
 
         for _ in 0..2 {
-            let mut log = super::super::open_log(dir.path(), Arc::new(Quiet)).expect("open");
+            let mut log = super::super::open_log(dir.path(), 1, Arc::new(Quiet)).expect("open");
             assert_eq!(
                 ids(&mut log).await,
                 (4..=9).map(|i| (i, 3)).collect::<Vec<_>>()

@@ -14,25 +14,26 @@ mod suite;
 mod types;
 mod wal;
 
-pub use log_store::{Imported, LogObserver, LogStore};
-pub use network::{PeerNetwork, PeerRequest, PeerResponse};
+pub use log_store::{DurableLog, Imported, LogObserver, LogStore};
+pub use network::{CommitBound, PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};
 pub use state_machine::{ApplyObserver, LeaseGranted, StateMachine};
 pub(crate) use state_machine::{META_APPLIED, META_MEMBERSHIP};
 pub use types::*;
 
-/// Opens the server's Raft log in `data_dir/log/`. A log kept in LMDB by an
-/// earlier version (`data_dir/raft/`) is carried over first, then removed.
+/// Opens the Raft log of member `me` in `data_dir/log/`. A log kept in LMDB
+/// by an earlier version (`data_dir/raft/`) is carried over first, then removed.
 pub fn open_log(
     data_dir: &std::path::Path,
+    me: u64,
     observer: std::sync::Arc<dyn LogObserver>,
 ) -> Result<LogStore, String> {
     let old = data_dir.join("raft");
     let import = lmdb_import::read(&old)?;
     let dir = data_dir.join("log");
     let imported = import.as_ref().map(|i| i.entries.len());
-    let log =
-        LogStore::open(&dir, observer, import).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = LogStore::open(&dir, me, observer, import)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Some(entries) = imported {
         tracing::info!(entries, from = %old.display(), to = %dir.display(), "carried the Raft log over from LMDB");
         std::fs::remove_dir_all(&old).map_err(|e| format!("{}: {e}", old.display()))?;

@@ -2,7 +2,8 @@
 //! the two requests a follower sends its leader: a forwarded write and a
 //! read index for a linearizable read.
 
-use super::types::{Member, TypeConfig};
+use super::log_store::DurableLog;
+use super::types::{LogId, Member, TypeConfig};
 use crate::kv::{Applied, Command};
 use meridian_gateway::{Endpoint, GatewayError, ALPN_PEER};
 use openraft::error::{
@@ -15,6 +16,8 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes of entries sent in one AppendEntries, well under the transport's
@@ -114,6 +117,58 @@ pub struct PeerNetwork {
     endpoint: Endpoint,
     /// The name every member's certificate carries (its datacenter's).
     server_name: String,
+    /// The commit index a leader passes on is held to what its own log
+    /// holds durably (see [`CommitBound`]).
+    bound: Option<CommitBound>,
+}
+
+/// Holds the commit index a leader sends its followers to its own durable
+/// log: the leader reports its own entries durable before they are (see
+/// `log_store`), so openraft may count it toward a commit early, and no
+/// follower may apply such an entry before the leader really holds it.
+#[derive(Clone)]
+pub struct CommitBound {
+    durable: tokio::sync::watch::Receiver<DurableLog>,
+    /// Set when a commit was held back; whoever watches `durable` then has
+    /// the leader send it on (a heartbeat), instead of waiting for the next
+    /// append.
+    held: Arc<AtomicBool>,
+}
+
+impl CommitBound {
+    /// A bound over `durable`.
+    pub fn new(durable: tokio::sync::watch::Receiver<DurableLog>) -> CommitBound {
+        CommitBound {
+            durable,
+            held: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// `committed`, or the last durable entry if that is older.
+    fn hold(&self, committed: Option<LogId>) -> Option<LogId> {
+        let c = committed?;
+        // Marked before reading, so a sync that lands in between is seen
+        // by whoever clears the mark.
+        self.held.store(true, Ordering::SeqCst);
+        let durable = self.durable.borrow().last;
+        match durable {
+            Some(d) if d.index >= c.index => {
+                self.held.store(false, Ordering::SeqCst);
+                Some(c)
+            }
+            d => d,
+        }
+    }
+
+    /// Whether a commit was held back since the last call.
+    pub fn take_held(&self) -> bool {
+        self.held.swap(false, Ordering::SeqCst)
+    }
+
+    /// The durability it bounds by.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<DurableLog> {
+        self.durable.clone()
+    }
 }
 
 impl PeerNetwork {
@@ -122,7 +177,14 @@ impl PeerNetwork {
         PeerNetwork {
             endpoint,
             server_name: meridian_gateway::tls::datacenter_name(datacenter),
+            bound: None,
         }
+    }
+
+    /// Holds every commit index sent to followers to `bound`.
+    pub fn with_commit_bound(mut self, bound: CommitBound) -> PeerNetwork {
+        self.bound = Some(bound);
+        self
     }
 
     /// Sends one request to a member and decodes the answer.
@@ -208,6 +270,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let mut rpc = rpc;
+        if let Some(bound) = &self.network.bound {
+            rpc.leader_commit = bound.hold(rpc.leader_commit);
+        }
         let trimmed = trim_to_budget(&mut rpc.entries);
         let last_sent = rpc.entries.last().map(|e| e.log_id);
         match self.call(PeerRequest::AppendEntries(rpc), &option).await? {
@@ -284,6 +349,27 @@ mod tests {
                 })],
             }),
         }
+    }
+
+    #[test]
+    fn the_commit_sent_to_followers_is_held_to_the_leaders_durable_log() {
+        let at = |i| Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), i));
+        let (tx, rx) = tokio::sync::watch::channel(DurableLog::default());
+        let bound = CommitBound::new(rx);
+        assert_eq!(bound.hold(None), None);
+        assert!(!bound.take_held());
+        assert_eq!(bound.hold(at(2)), None, "nothing durable yet");
+        assert!(bound.take_held());
+        assert!(!bound.take_held(), "taken once");
+        tx.send_replace(DurableLog {
+            last: at(5),
+            failed: false,
+        });
+        assert_eq!(bound.hold(at(7)), at(5));
+        assert!(bound.take_held());
+        assert_eq!(bound.hold(at(4)), at(4));
+        assert_eq!(bound.hold(at(5)), at(5));
+        assert!(!bound.take_held(), "nothing held back");
     }
 
     #[test]

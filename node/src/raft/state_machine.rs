@@ -1,6 +1,7 @@
 //! The Raft state machine: applies committed entries to the MVCC store and
 //! records each batch's last log id in the same LMDB write transaction.
 
+use super::log_store::DurableLog;
 use super::snapshot::{self, SnapshotError};
 use super::types::{storage_io, LogId, Member, StorageError, StoredMembership, TypeConfig};
 use crate::kv::mirror::{self, ReadOnly};
@@ -56,6 +57,10 @@ pub struct StateMachine {
     datacenter: String,
     snapshot_dir: PathBuf,
     observer: Arc<dyn ApplyObserver>,
+    /// The Raft log's durability: an entry is applied only once the local
+    /// log holds it durably (a leader reports its own entries durable
+    /// early, see `log_store`).
+    durable: Option<tokio::sync::watch::Receiver<DurableLog>>,
 }
 
 impl StateMachine {
@@ -72,7 +77,14 @@ impl StateMachine {
             datacenter,
             snapshot_dir,
             observer,
+            durable: None,
         })
+    }
+
+    /// Applies entries only once `durable` covers them.
+    pub fn after_durable(mut self, durable: tokio::sync::watch::Receiver<DurableLog>) -> Self {
+        self.durable = Some(durable);
+        self
     }
 
     /// Makes `file` the incoming snapshot, durably. It normally is the file
@@ -305,6 +317,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let count = entries.len();
+        if let (Some(durable), Some(last)) = (&mut self.durable, entries.last()) {
+            let index = last.log_id.index;
+            durable
+                .wait_for(|d| d.covers(index) != Ok(false))
+                .await
+                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+                .covers(index)
+                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        }
         let this = self.clone();
         let (results, last, leases) =
             tokio::task::spawn_blocking(move || this.apply_blocking(entries))
