@@ -17,6 +17,11 @@ struct Args {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Threads that serve clients, peers and Raft (default: one per core).
+    /// Fewer than cores suits servers that share a machine's cores.
+    #[arg(long, global = true, env = "MERIDIAN_WORKER_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,7 +83,12 @@ fn init_logging(format: LogFormat) {
 fn main() {
     let args = Args::parse();
     init_logging(args.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");

@@ -212,6 +212,30 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     );
 }
 
+/// The threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn worker_threads_sets_how_many_threads_serve() {
+    for n in [1, 3] {
+        let (child, _) = start_dev_with(&["--worker-threads", &n.to_string()], 3);
+        assert_eq!(threads_named(child.0.id(), "tokio-rt-worker"), n);
+    }
+    let out = meridian()
+        .args(["--worker-threads", "0", "dev"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--worker-threads"), "{err}");
+}
+
 /// Starts `meridian dev` on free ports; returns the child and dc1's client URLs.
 fn start_dev() -> (KillOnDrop, Vec<String>) {
     let (child, lines) = start_dev_lines(3);
@@ -228,9 +252,15 @@ fn client_url(line: &str) -> String {
 
 /// Starts `meridian dev` on free ports; returns the child and its first `n` lines.
 fn start_dev_lines(n: usize) -> (KillOnDrop, Vec<String>) {
+    start_dev_with(&[], n)
+}
+
+/// [`start_dev_lines`] with `options` before the subcommand.
+fn start_dev_with(options: &[&str], n: usize) -> (KillOnDrop, Vec<String>) {
     let base = free_base_port();
     let mut child = KillOnDrop(
         meridian()
+            .args(options)
             .args(["dev", "--base-port", &base.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
