@@ -17,6 +17,7 @@ pub mod lessor;
 pub mod membership;
 pub mod metrics;
 pub mod raft;
+mod reads;
 mod recent;
 mod server;
 #[allow(unsafe_code)]

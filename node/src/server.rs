@@ -11,6 +11,7 @@ use crate::raft::{
     self, LogId, Member, PeerNetwork, PeerRequest, PeerResponse, ProposeError, Proposer,
     ProposerLimits, Raft, StateMachine,
 };
+use crate::reads::{ReadIndexes, RoundError};
 use crate::recent::Recent;
 use crate::store::{self, EnvKind};
 use meridian_gateway::tls::TlsMaterial;
@@ -151,6 +152,8 @@ struct Inner {
     lessor: Arc<Lessor>,
     /// Recent changes shared by synced watchers.
     recent: Recent,
+    /// Read indexes for linearizable reads, one fetch per round of readers.
+    reads: ReadIndexes,
     /// The last revision in `recent`, for watchers to wait on.
     feed: tokio::sync::watch::Sender<i64>,
     network: PeerNetwork,
@@ -340,6 +343,11 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let reads = ReadIndexes::start({
+            let (raft, network) = (raft.clone(), network.clone());
+            let timeout = config.limits.request_timeout;
+            Arc::new(move || Box::pin(fetch_read_index(raft.clone(), network.clone(), id, timeout)))
+        });
         let node = Node {
             inner: Arc::new(Inner {
                 config,
@@ -355,6 +363,7 @@ impl Node {
                 revisions,
                 lessor,
                 recent: Recent::new(start_revision, RECENT_BYTES_MAX),
+                reads,
                 feed: tokio::sync::watch::channel(start_revision).0,
                 network,
                 endpoint: endpoint.clone(),
@@ -555,67 +564,36 @@ impl Node {
     /// Resolves once `leader` is no longer this server's view of the leader
     /// (a new term or an election under way); never if Raft has stopped.
     async fn leader_left(&self, leader: u64) {
-        let mut metrics = self.inner.raft.metrics();
-        let term = metrics.borrow().current_term;
-        loop {
-            {
-                let m = metrics.borrow_and_update();
-                if m.current_leader != Some(leader) || m.current_term != term {
-                    return;
-                }
-            }
-            if metrics.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+        leader_left(&self.inner.raft, leader).await
     }
 
-    /// Waits until a read of local state is linearizable: ReadIndex at the
-    /// leader (asked over the peer transport from a follower), then local
-    /// apply up to that index.
+    /// Waits until a read of local state is linearizable: a read index
+    /// from the leader, fetched after this call (shared with the reads
+    /// waiting at the same time, see `reads`), then local apply up to it.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.config.limits.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let checked = tokio::time::timeout(remaining, inner.raft.ensure_linearizable());
-            let leader = match checked.await.map_err(|_| NodeError::NoLeader)? {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    f.leader_id.zip(f.leader_node)
-                }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
-                Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
-            };
-            if let Some((leader_id, member)) = leader {
-                if leader_id != inner.id {
+            match inner.reads.index(remaining).await {
+                Ok(index) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    let asked = inner
-                        .network
-                        .send(&member, &PeerRequest::ReadIndex, remaining);
-                    // A read has no effect, so a leader change just means asking again.
-                    let answer = tokio::select! {
-                        answer = asked => Some(answer),
-                        _ = self.leader_left(leader_id) => None,
+                    return match inner
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "read index")
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(NodeError::Timeout),
                     };
-                    if let Some(Ok(PeerResponse::ReadIndex(Ok(index)))) = answer {
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        return match inner
-                            .raft
-                            .wait(Some(remaining))
-                            .applied_index_at_least(Some(index), "read index")
-                            .await
-                        {
-                            Ok(_) => Ok(()),
-                            Err(_) => Err(NodeError::Timeout),
-                        };
-                    }
                 }
+                Err(RoundError::Stopped) => return Err(NodeError::Stopped),
+                Err(RoundError::Retry) if Instant::now() >= deadline => {
+                    return Err(NodeError::NoLeader)
+                }
+                Err(RoundError::Retry) => tokio::time::sleep(Duration::from_millis(25)).await,
             }
-            if Instant::now() >= deadline {
-                return Err(NodeError::NoLeader);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
@@ -1172,6 +1150,55 @@ impl Node {
     pub async fn shutdown(&self) {
         let _ = self.inner.raft.shutdown().await;
         self.inner.endpoint.shutdown().await;
+    }
+}
+
+/// Resolves once `leader` is no longer this server's view of the leader
+/// (a new term or an election under way); never if Raft has stopped.
+async fn leader_left(raft: &Raft, leader: u64) {
+    let mut metrics = raft.metrics();
+    let term = metrics.borrow().current_term;
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.current_leader != Some(leader) || m.current_term != term {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// One round of [`ReadIndexes`]: the leader's read index, confirmed with a
+/// quorum; asked over the peer transport when another server leads.
+async fn fetch_read_index(
+    raft: Raft,
+    network: PeerNetwork,
+    me: u64,
+    timeout: Duration,
+) -> Result<u64, RoundError> {
+    let checked = tokio::time::timeout(timeout, raft.get_read_log_id()).await;
+    let leader = match checked.map_err(|_| RoundError::Retry)? {
+        Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            f.leader_id.zip(f.leader_node)
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
+        Err(RaftError::Fatal(_)) => return Err(RoundError::Stopped),
+    };
+    let Some((leader_id, member)) = leader.filter(|(l, _)| *l != me) else {
+        return Err(RoundError::Retry);
+    };
+    let asked = network.send(&member, &PeerRequest::ReadIndex, timeout);
+    // A read has no effect, so a leader change just means asking again.
+    tokio::select! {
+        answer = asked => match answer {
+            Ok(PeerResponse::ReadIndex(Ok(index))) => Ok(index),
+            _ => Err(RoundError::Retry),
+        },
+        _ = leader_left(&raft, leader_id) => Err(RoundError::Retry),
     }
 }
 
