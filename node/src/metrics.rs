@@ -66,6 +66,8 @@ pub struct Metrics {
     pub db_size: IntGauge,
     /// The database quota.
     pub db_quota: IntGauge,
+    /// Worker threads of the server's runtime.
+    pub worker_threads: IntGauge,
     /// Live keys.
     pub keys: IntGauge,
     /// Current revision.
@@ -255,6 +257,10 @@ impl Metrics {
                 "Bytes of the state database in use.",
             )?,
             db_quota: g("meridian_db_quota_bytes", "Database quota in bytes.")?,
+            worker_threads: g(
+                "meridian_worker_threads",
+                "Threads of the server's runtime that serve clients, peers and Raft.",
+            )?,
             keys: g("meridian_keys", "Live keys.")?,
             revision: g(
                 "meridian_revision",

@@ -236,6 +236,8 @@ impl Node {
                 .map_err(|e| NodeError::Storage(e.to_string()))?,
         );
         metrics.db_quota.set(config.limits.quota_bytes as i64);
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        metrics.worker_threads.set(workers as i64);
 
         let storage = |e: heed::Error| NodeError::Storage(e.to_string());
         let lock = store::lock_data_dir(&config.data_dir).map_err(NodeError::Storage)?;

@@ -212,20 +212,28 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     );
 }
 
-/// The threads of process `pid` named `name`.
-fn threads_named(pid: u32, name: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the process's threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == name)
-        .count()
-}
-
 #[test]
 fn worker_threads_sets_how_many_threads_serve() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
     for n in [1, 3] {
-        let (child, _) = start_dev_with(&["--worker-threads", &n.to_string()], 3);
-        assert_eq!(threads_named(child.0.id(), "tokio-rt-worker"), n);
+        let (_child, lines) = start_dev_with(&["--worker-threads", &n.to_string()], 3);
+        let metrics = rt.block_on(async {
+            let url = format!("{}/metrics", client_url(&lines[0]));
+            let mut text = String::new();
+            for _ in 0..100 {
+                if let Ok(r) = reqwest::get(&url).await {
+                    text = r.text().await.unwrap_or_default();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            text
+        });
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("meridian_worker_threads"))
+            .unwrap_or_else(|| panic!("no meridian_worker_threads in {metrics}"));
+        assert!(line.ends_with(&format!(" {n}")), "{line}");
     }
     let out = meridian()
         .args(["--worker-threads", "0", "dev"])
