@@ -19,8 +19,7 @@ struct Args {
     log_format: LogFormat,
     /// Threads that serve clients, peers and Raft (default: one per core).
     /// Fewer than cores suits servers that share a machine's cores.
-    #[arg(long, global = true, env = "MERIDIAN_WORKER_THREADS",
-          value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
