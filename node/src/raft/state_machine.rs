@@ -15,6 +15,9 @@ pub(crate) const META_APPLIED: &str = "applied";
 pub(crate) const META_MEMBERSHIP: &str = "membership";
 
 const CURRENT_SNAPSHOT: &str = "current.snap";
+/// Batches up to this many payload bytes are applied on the state machine's
+/// task; larger ones on a blocking thread.
+const INLINE_APPLY_BYTES: usize = 64 * 1024;
 const INCOMING_SNAPSHOT: &str = "incoming.snap";
 
 /// Told about what was applied, after the transaction committed (metrics, and later watches).
@@ -326,12 +329,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .covers(index)
                 .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
-        let this = self.clone();
-        let (results, last, leases) =
+        let bytes: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(p) => p.payload_bytes(),
+                _ => 0,
+            })
+            .sum();
+        let (results, last, leases) = if bytes <= INLINE_APPLY_BYTES {
+            self.apply_blocking(entries)
+        } else {
+            let this = self.clone();
             tokio::task::spawn_blocking(move || this.apply_blocking(entries))
                 .await
                 .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
-                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        }
+        .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         if !leases.0.is_empty() || !leases.1.is_empty() {
             self.observer.leases(&leases.0, &leases.1);
         }
