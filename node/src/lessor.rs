@@ -89,12 +89,16 @@ impl Lessor {
             return false;
         }
         let recent = std::mem::take(&mut s.recent);
-        let own = |id: &i64| (s.recent_term == term).then(|| recent.get(id)).flatten();
+        let own = if s.recent_term == term {
+            recent
+        } else {
+            HashMap::new()
+        };
         let clocks = leases
             .iter()
             .map(|&(id, granted)| {
-                let expiry = own(&id).copied().unwrap_or(now + ttl(granted) + extend);
-                (id, (expiry, granted))
+                let expiry = own.get(&id).copied();
+                (id, (expiry.unwrap_or(now + ttl(granted) + extend), granted))
             })
             .collect();
         s.clocks = clocks;

@@ -534,7 +534,7 @@ impl Node {
                         answer = sent => answer,
                         // A dead leader never answers; once the DC has moved
                         // on, say so rather than wait out the deadline.
-                        _ = self.leader_left(leader_id) => return Err(NodeError::LeaderChanged),
+                        _ = leader_left(&self.inner.raft, leader_id) => return Err(NodeError::LeaderChanged),
                     };
                     match answer {
                         Ok(PeerResponse::Write(Ok(applied))) => return Ok(applied),
@@ -561,12 +561,6 @@ impl Node {
         let id = m.current_leader?;
         let member = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, member))
-    }
-
-    /// Resolves once `leader` is no longer this server's view of the leader
-    /// (a new term or an election under way); never if Raft has stopped.
-    async fn leader_left(&self, leader: u64) {
-        leader_left(&self.inner.raft, leader).await
     }
 
     /// Waits until a read of local state is linearizable: a read index
@@ -721,7 +715,7 @@ impl Node {
                             Ok(PeerResponse::LeaseClock(a)) => a,
                             _ => Err(ForwardError::Unavailable("no answer".into())),
                         },
-                        _ = self.leader_left(leader) => Err(ForwardError::Unavailable("leader changed".into())),
+                        _ = leader_left(&self.inner.raft, leader) => Err(ForwardError::Unavailable("leader changed".into())),
                     }
                 }
                 None => Err(ForwardError::Unavailable("no leader".into())),

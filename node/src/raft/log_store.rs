@@ -611,15 +611,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_held = lock(&self.shared.tail).last();
         let disk = lock(&self.shared.disk);
-        let last_purged = disk.meta.purged;
-        let last_durable = disk
-            .entries
-            .last_key_value()
-            .map(|(_, loc)| loc.id)
-            .or(last_purged);
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last_held.or(last_durable),
+            last_purged_log_id: disk.meta.purged,
+            last_log_id: last_held.or(disk.last()),
         })
     }
 

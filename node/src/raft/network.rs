@@ -24,7 +24,7 @@ use std::time::Duration;
 /// frame limit; a longer run is sent in parts (openraft's `PartialSuccess`).
 pub const APPEND_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+pub(super) fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
     64 + match &entry.payload {
         openraft::EntryPayload::Normal(p) => p.payload_bytes(),
         openraft::EntryPayload::Membership(m) => 128 * m.nodes().count(),

@@ -15,8 +15,8 @@ pub(crate) const META_APPLIED: &str = "applied";
 pub(crate) const META_MEMBERSHIP: &str = "membership";
 
 const CURRENT_SNAPSHOT: &str = "current.snap";
-/// Batches up to this many payload bytes are applied on the state machine's
-/// task; larger ones on a blocking thread.
+/// Batches up to this many bytes (as `network::entry_bytes` counts them) are
+/// applied on the state machine's task; larger ones on a blocking thread.
 const INLINE_APPLY_BYTES: usize = 64 * 1024;
 const INCOMING_SNAPSHOT: &str = "incoming.snap";
 
@@ -329,13 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .covers(index)
                 .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
-        let bytes: usize = entries
-            .iter()
-            .map(|e| match &e.payload {
-                EntryPayload::Normal(p) => p.payload_bytes(),
-                _ => 0,
-            })
-            .sum();
+        let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
         let (results, last, leases) = if bytes <= INLINE_APPLY_BYTES {
             self.apply_blocking(entries)
         } else {

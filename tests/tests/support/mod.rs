@@ -378,8 +378,8 @@ impl Drop for Cluster {
         // A failed test's servers leave with their temporary directory: show
         // the end of each log first.
         if std::thread::panicking() {
-            for s in &self.servers {
-                let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+            for (i, s) in self.servers.iter().enumerate() {
+                let log = self.log(i);
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = lines[lines.len().saturating_sub(40)..].join("\n");
                 eprintln!("--- end of {}'s log ---\n{tail}", s.name);
