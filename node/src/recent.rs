@@ -2,7 +2,8 @@
 //! revision's events from storage once and keeps the latest few megabytes of
 //! them in memory; watchers that are current take their events from here.
 //! A watcher further behind than this window reads storage itself (catching
-//! up), as etcd's unsynced watchers do.
+//! up), as etcd's unsynced watchers do. While nobody is subscribed to the
+//! feed, the window is not filled: it starts over at each new revision.
 
 use crate::kv::Event;
 use std::collections::VecDeque;

@@ -465,6 +465,47 @@ async fn many_watchers_on_one_prefix_share_one_read_of_each_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_nobody_watches_come_from_storage_and_later_ones_from_the_window() {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let (_, v) = put(&url, "quiet/0", "v0").await.unwrap();
+    let start: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    let mut expected = vec!["v0".to_string()];
+    for i in 1..20 {
+        put(&url, &format!("quiet/{i}"), &format!("v{i}"))
+            .await
+            .unwrap();
+        expected.push(format!("v{i}"));
+    }
+    // Nobody was subscribed while these were written, so the shared window
+    // did not keep them: a watch from the first one reads them from storage.
+    let reads_before = metric(&url, "meridian_watch_history_reads_total").await;
+    let mut s = Stream::open(&url, "quiet/", true, start).await;
+    let mut seen = Vec::new();
+    s.collect(expected.len(), Duration::from_secs(10), &mut seen)
+        .await;
+    assert_exactly_once_in_order(&seen, &expected);
+    let reads = metric(&url, "meridian_watch_history_reads_total").await - reads_before;
+    assert!(
+        reads >= 1.0,
+        "the window held changes written while nobody watched"
+    );
+    // Now that a watcher is subscribed, new changes go through the window.
+    let reads_before = metric(&url, "meridian_watch_history_reads_total").await;
+    for i in 20..40 {
+        put(&url, &format!("quiet/{i}"), &format!("v{i}"))
+            .await
+            .unwrap();
+        expected.push(format!("v{i}"));
+    }
+    s.collect(expected.len(), Duration::from_secs(10), &mut seen)
+        .await;
+    assert_exactly_once_in_order(&seen, &expected);
+    let reads = metric(&url, "meridian_watch_history_reads_total").await - reads_before;
+    assert_eq!(reads, 0.0, "a current watcher read storage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_watch_with_progress_notify_hears_the_current_revision() {
     // The test servers send progress every 300 ms (`[watch]` in support).
     let c = Cluster::start(1).await;

@@ -7,6 +7,12 @@
 //! flight so that replication of one overlaps the append of the next. Under
 //! light load a write is proposed at once, alone.
 //!
+//! Two in flight, not more: every entry costs each server a fixed share (an
+//! AppendEntries exchange, a log sync, an LMDB commit that rewrites the
+//! B-trees' upper pages), so under load fewer, larger entries cost less CPU
+//! per write. Since the leader's sync runs alongside replication (ADR 0014)
+//! two are enough to keep the pipeline full (bench/README.md has the A/B).
+//!
 //! A draining leader pauses the proposer: writes are refused from then on,
 //! and [`Proposer::settled`] tells when the last one in flight is done, so
 //! that the leader's log stops growing before it hands over.
@@ -46,7 +52,7 @@ pub struct ProposerLimits {
 impl Default for ProposerLimits {
     fn default() -> Self {
         ProposerLimits {
-            in_flight: 4,
+            in_flight: 2,
             commands_max: 512,
             bytes_max: 2 * 1024 * 1024,
         }
