@@ -23,6 +23,9 @@ pub struct Plan {
     pub rate: Option<f64>,
     pub keys: usize,
     pub value_bytes: usize,
+    /// The servers' processes, whose CPU time over the measured period is
+    /// divided by its operations (`server_cpu_us_per_op`); empty for none.
+    pub server_pids: Vec<u32>,
 }
 
 /// One measured run.
@@ -43,6 +46,9 @@ pub struct Measurement {
     pub cas_success_rate: Option<f64>,
     /// The first error seen, if any, to tell a broken run from a slow one.
     pub first_error: Option<String>,
+    /// CPU time (user + system) of the servers' processes over the measured
+    /// period, per operation, in microseconds; when their pids were given.
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 struct Tally {
@@ -100,6 +106,16 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
     let start = Instant::now();
     let measure_from = start + plan.warmup;
     let end = measure_from + plan.duration;
+    // The servers' CPU time at the start and the end of the measured period.
+    let cpu = (!plan.server_pids.is_empty()).then(|| {
+        let pids = plan.server_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let first = crate::cpu::total_seconds(&pids)?;
+            tokio::time::sleep_until(end.into()).await;
+            anyhow::Ok(crate::cpu::total_seconds(&pids)? - first)
+        })
+    });
     // Open loop: a shared ticket counter hands out scheduled start times.
     let tickets = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -171,6 +187,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
             first_error = t.first_error;
         }
     }
+    let server_cpu = match cpu {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
     let secs = plan.duration.as_secs_f64();
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     Ok(Measurement {
@@ -188,5 +208,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
         cas_success_rate: (plan.workload == Workload::TxnCas && ops > 0)
             .then(|| (ops - cas_lost) as f64 / ops as f64),
         first_error,
+        server_cpu_us_per_op: server_cpu
+            .filter(|_| ops > 0)
+            .map(|seconds| seconds * 1e6 / ops as f64),
     })
 }

@@ -4,6 +4,7 @@
 //!     meridian-load run --system meridian --endpoints URL,... --workload put --clients 64
 //!     meridian-load report bench/results/run.jsonl --markdown out.md --json out.json
 
+mod cpu;
 mod driver;
 mod fanout;
 mod floor;
@@ -59,6 +60,10 @@ enum Cmd {
         /// Prepare the keyspace first (the keys the workload reads or swaps).
         #[arg(long)]
         setup: bool,
+        /// The servers' process ids: their CPU time over the measured period
+        /// is reported per operation (`server_cpu_us_per_op`).
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<u32>,
         /// JSON-lines file the measurement is appended to; stdout if absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -156,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
             keys,
             value_bytes,
             setup,
+            server_pids,
             out,
         } => {
             let plan = driver::Plan {
@@ -167,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 keys,
                 value_bytes,
+                server_pids,
             };
             if setup {
                 driver::setup(&plan).await?;
@@ -175,8 +182,12 @@ async fn main() -> anyhow::Result<()> {
             let mut record = serde_json::to_value(&m)?;
             record["system"] = serde_json::json!(system);
             let line = format!("{record}\n");
+            let cpu = m
+                .server_cpu_us_per_op
+                .map(|us| format!(", servers' CPU {us:.0} us/op"))
+                .unwrap_or_default();
             eprintln!(
-                "{system:>8} {workload:?} clients={clients}: {:.0} ops/s p50 {:.2} ms p99 {:.2} ms errors {}",
+                "{system:>8} {workload:?} clients={clients}: {:.0} ops/s p50 {:.2} ms p99 {:.2} ms errors {}{cpu}",
                 m.throughput, m.p50_ms, m.p99_ms, m.errors
             );
             match out {
