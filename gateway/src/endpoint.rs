@@ -90,8 +90,18 @@ impl Endpoint {
             client_configs.insert(alpn.to_vec(), client_config);
         }
 
-        let inner = quinn::Endpoint::server(server_config, addr)
+        // quinn::Endpoint::server, with the runtime that lets its drivers
+        // pack what ready tasks wrote into fewer datagrams (runtime.rs).
+        let socket = std::net::UdpSocket::bind(addr)
             .map_err(|source| GatewayError::Bind { addr, source })?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(crate::runtime::CoalescingRuntime::new());
+        let inner = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(|source| GatewayError::Bind { addr, source })?;
         let shared = Arc::new(Shared {
             client_configs,
             conns: Mutex::new(HashMap::new()),

@@ -10,6 +10,7 @@
 mod endpoint;
 mod error;
 mod frame;
+mod runtime;
 pub mod tls;
 
 pub use endpoint::{
