@@ -78,6 +78,15 @@ impl Stream {
     }
 }
 
+/// A one-server cluster, its client URL, and the revision of a first put.
+async fn one_server_after_put(key: &str, value: &str) -> (Cluster, String, i64) {
+    let c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let (_, v) = put(&url, key, value).await.unwrap();
+    let start = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    (c, url, start)
+}
+
 fn assert_exactly_once_in_order(seen: &[(i64, String)], expected: &[String]) {
     let values: Vec<&String> = seen.iter().map(|(_, v)| v).collect();
     let expected: Vec<&String> = expected.iter().collect();
@@ -150,10 +159,7 @@ async fn a_watch_on_a_follower_survives_a_leader_kill_and_resumes_after_its_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_stops_reading_stalls_nothing_and_then_gets_every_event() {
-    let c = Cluster::start(1).await;
-    let url = c.url(0).to_string();
-    let (_, v) = put(&url, "s/first", "0").await.unwrap();
-    let start: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    let (_c, url, start) = one_server_after_put("s/first", "0").await;
     // Opened, then not read while 10,000 writes go through.
     let mut stalled = Stream::open(&url, "s/", true, start).await;
     let http = reqwest::Client::new();
@@ -422,10 +428,7 @@ async fn large_replays_are_fragmented_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_on_one_prefix_share_one_read_of_each_change() {
-    let c = Cluster::start(1).await;
-    let url = c.url(0).to_string();
-    let (_, v) = put(&url, "fan/first", "0").await.unwrap();
-    let start: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    let (_c, url, start) = one_server_after_put("fan/first", "0").await;
     let reads_before = metric(&url, "meridian_watch_history_reads_total").await;
     const WATCHERS: usize = 100;
     let mut streams = Vec::new();
@@ -466,10 +469,7 @@ async fn many_watchers_on_one_prefix_share_one_read_of_each_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_while_nobody_watches_come_from_storage_and_later_ones_from_the_window() {
-    let c = Cluster::start(1).await;
-    let url = c.url(0).to_string();
-    let (_, v) = put(&url, "quiet/0", "v0").await.unwrap();
-    let start: i64 = v["header"]["revision"].as_str().unwrap().parse().unwrap();
+    let (_c, url, start) = one_server_after_put("quiet/0", "v0").await;
     let mut expected = vec!["v0".to_string()];
     for i in 1..20 {
         put(&url, &format!("quiet/{i}"), &format!("v{i}"))
