@@ -64,11 +64,10 @@ mod tests {
         let mut after = before;
         while after <= before && std::time::Instant::now() < deadline {
             for i in 0..1_000_000u64 {
-                x = x.wrapping_mul(31).wrapping_add(i);
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }
             after = process_seconds(me).expect("own stat");
         }
-        assert!(x != 1 || after > before);
         assert!(after > before, "CPU time did not grow: {before} -> {after}");
         assert!(total_seconds(&[me, me]).expect("twice") >= 2.0 * before);
         assert!(process_seconds(u32::MAX).is_err(), "no such process");

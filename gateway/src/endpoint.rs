@@ -92,8 +92,8 @@ impl Endpoint {
 
         // quinn::Endpoint::server, with the runtime that lets its drivers
         // pack what ready tasks wrote into fewer datagrams (runtime.rs).
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let bind_error = |source| GatewayError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(crate::runtime::CoalescingRuntime::new());
         let inner = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -101,7 +101,7 @@ impl Endpoint {
             socket,
             runtime,
         )
-        .map_err(|source| GatewayError::Bind { addr, source })?;
+        .map_err(bind_error)?;
         let shared = Arc::new(Shared {
             client_configs,
             conns: Mutex::new(HashMap::new()),

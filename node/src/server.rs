@@ -1305,25 +1305,25 @@ async fn feed_recent(node: Node) {
             Err(_) => return,
         };
         let fed = inner.recent.last();
-        if current > fed && inner.feed.receiver_count() == 0 {
-            // Nobody takes changes from the window (no watcher, replication
-            // stream or blocking query is subscribed): skip reading them. A
-            // reader that subscribes later and asks for older revisions finds
-            // them in storage, as it would beyond the window.
-            inner.recent.reset(current);
-            inner.feed.send_replace(current);
-            continue;
-        }
         if current > fed {
-            let read = node.read_txn().and_then(|rtxn| {
-                Ok(inner
-                    .store
-                    .events(&rtxn, fed + 1, 10_000, RECENT_BYTES_MAX)?)
-            });
-            match read {
-                Ok((events, last)) => inner.recent.push(events, last),
-                // History was compacted or replaced under us: start over from now.
-                Err(_) => inner.recent.reset(current),
+            if inner.feed.receiver_count() == 0 {
+                // Nobody takes changes from the window (no watcher,
+                // replication stream or blocking query is subscribed): skip
+                // reading them. A reader that subscribes later and asks for
+                // older revisions finds them in storage, as it would beyond
+                // the window.
+                inner.recent.reset(current);
+            } else {
+                let read = node.read_txn().and_then(|rtxn| {
+                    Ok(inner
+                        .store
+                        .events(&rtxn, fed + 1, 10_000, RECENT_BYTES_MAX)?)
+                });
+                match read {
+                    Ok((events, last)) => inner.recent.push(events, last),
+                    // History was compacted or replaced under us: start over from now.
+                    Err(_) => inner.recent.reset(current),
+                }
             }
             inner.feed.send_replace(inner.recent.last());
             continue;
