@@ -260,6 +260,7 @@ impl Endpoint {
         let response = read_frame(&mut recv)
             .await
             .map_err(|e| e.into_gateway(addr))?;
+        take_end_if_arrived(&mut recv).await;
         match response.split_first() {
             Some((&STATUS_OK, body)) => Ok(body.to_vec()),
             Some((&STATUS_ERR, body)) => Err(GatewayError::Remote(
@@ -479,13 +480,26 @@ async fn serve_connection(conn: quinn::Connection, alpn: Vec<u8>, shared: Arc<Sh
                     response.extend_from_slice(text.as_bytes());
                 }
             }
+            // A finished stream's data is still delivered after the handle
+            // is dropped, so nothing waits for the peer's acknowledgement.
             if write_frame(&mut send, &response).await.is_ok() {
                 let _ = send.finish();
-                // Wait until the peer has read the response before dropping the stream.
-                let _ = send.stopped().await;
             }
+            take_end_if_arrived(&mut recv).await;
         });
     }
+}
+
+/// Reads the end of a stream whose one frame has been read, if the end has
+/// already arrived (the peer finishes right after its frame, so it usually
+/// comes in the same packet). A stream dropped before its end is seen is
+/// stopped, which costs the peer a STOP_SENDING frame and both sides the
+/// packets that carry and acknowledge it. Never waits: an end still on its
+/// way leaves the stream to be stopped as before.
+async fn take_end_if_arrived(recv: &mut quinn::RecvStream) {
+    let mut probe = [0u8; 1];
+    let mut read = std::pin::pin!(recv.read(&mut probe));
+    let _ = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
 }
 
 #[cfg(test)]
@@ -563,6 +577,37 @@ mod tests {
                 .unwrap(),
             b"again"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_and_responses_end_their_streams_without_stopping_them() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), "dc1", &["a".into(), "b".into()]).unwrap();
+        let a = endpoint(dir.path(), "a");
+        let b = endpoint(dir.path(), "b");
+        b.register(
+            crate::ALPN_PEER,
+            Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })),
+        );
+        let addr = b.local_addr().unwrap();
+        for i in 0..20u8 {
+            let reply = a
+                .call(addr, "b", crate::ALPN_PEER, &[i], Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(reply, [i]);
+        }
+        // Both sides read each stream to its end, so neither tells the other
+        // to stop sending on it.
+        let conn = a.shared.conns.lock().unwrap()[&(addr, crate::ALPN_PEER.to_vec())]
+            .0
+            .clone();
+        // Time for the server's side of the last streams to be dropped.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stats = conn.stats();
+        assert_eq!(stats.frame_tx.stop_sending, 0, "{stats:?}");
+        assert_eq!(stats.frame_rx.stop_sending, 0, "{stats:?}");
+        assert_eq!(stats.frame_rx.stream, 20);
     }
 
     #[tokio::test]
