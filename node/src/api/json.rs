@@ -28,25 +28,37 @@ fn err(field: &str, reason: impl Into<String>) -> FieldError {
     }
 }
 
-fn camel(name: &str) -> String {
-    let mut out = String::new();
-    let mut up = false;
-    for c in name.chars() {
-        if c == '_' {
-            up = true;
-        } else if up {
-            out.extend(c.to_uppercase());
-            up = false;
-        } else {
-            out.push(c);
+/// Whether `candidate` is the lowerCamelCase spelling of the snake_case
+/// `name` (`prev_kv` and `prevKv`), compared without building it.
+fn is_camel_of(name: &str, candidate: &str) -> bool {
+    let mut expected = name.split('_').enumerate().flat_map(|(i, part)| {
+        let mut chars = part.chars();
+        let first = chars.next().into_iter().flat_map(move |c| {
+            let upper = (i > 0).then(|| c.to_uppercase());
+            upper.into_iter().flatten().chain((i == 0).then_some(c))
+        });
+        first.chain(chars)
+    });
+    let mut given = candidate.chars();
+    loop {
+        match (expected.next(), given.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
         }
     }
-    out
 }
 
 fn field<'a>(obj: &'a Obj, name: &str) -> Option<&'a Value> {
     obj.get(name)
-        .or_else(|| obj.get(&camel(name)))
+        .or_else(|| {
+            if !name.contains('_') {
+                return None;
+            }
+            obj.iter()
+                .find(|(k, _)| is_camel_of(name, k))
+                .map(|(_, v)| v)
+        })
         .filter(|v| !v.is_null())
 }
 
@@ -61,7 +73,7 @@ pub fn object(body: &[u8]) -> Result<Obj, FieldError> {
 
 fn known(obj: &Obj, names: &[&str]) -> Result<(), FieldError> {
     for k in obj.keys() {
-        if !names.iter().any(|n| n == k || camel(n) == *k) {
+        if !names.iter().any(|n| n == k || is_camel_of(n, k)) {
             return Err(err(k, format!("unknown field {k:?}")));
         }
     }
@@ -657,6 +669,28 @@ pub fn txn_response(h: Option<&Header>, r: &TxnResponse) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn camel_case_spellings_are_recognised_exactly() {
+        for (snake, camel) in [
+            ("prev_kv", "prevKv"),
+            ("ignore_value", "ignoreValue"),
+            ("key", "key"),
+            ("a__b", "aB"),
+            ("_x", "X"),
+        ] {
+            assert!(is_camel_of(snake, camel), "{snake} {camel}");
+        }
+        for (snake, other) in [
+            ("prev_kv", "prevkv"),
+            ("prev_kv", "prevKvx"),
+            ("prev_kv", "prevK"),
+            ("prev_kv", "prev_kv"),
+            ("key", "Key"),
+        ] {
+            assert!(!is_camel_of(snake, other), "{snake} {other}");
+        }
+    }
 
     #[test]
     fn decoders_accept_etcd_shapes_and_name_the_bad_field() {

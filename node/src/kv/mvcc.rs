@@ -67,7 +67,12 @@ fn lease_key(id: i64, key: &[u8]) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, KvError> {
-    postcard::to_allocvec(value).map_err(|e| KvError::Storage(format!("encode: {e}")))
+    encode_into(value, Vec::new())
+}
+
+/// Encodes into `buf`; given room enough, without growing it.
+fn encode_into<T: Serialize>(value: &T, buf: Vec<u8>) -> Result<Vec<u8>, KvError> {
+    postcard::to_extend(value, buf).map_err(|e| KvError::Storage(format!("encode: {e}")))
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, KvError> {
@@ -611,9 +616,12 @@ impl<'t, 'e> KvWriter<'t, 'e> {
         let main = self.revision + 1;
         let sub = self.sub;
         self.sub += 1;
-        self.store
-            .kv
-            .put(self.txn, &row_key(key, main, sub), &encode(record)?)?;
+        self.store.kv.put(
+            self.txn,
+            &row_key(key, main, sub),
+            // The value plus at most 32 bytes of varints and flags.
+            &encode_into(record, Vec::with_capacity(record.value.len() + 32))?,
+        )?;
         self.store.changes.put(self.txn, &rev_key(main, sub), key)?;
         Ok(())
     }

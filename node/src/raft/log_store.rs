@@ -301,7 +301,8 @@ impl LogStore {
         let early = self.own(&entries);
         let mut encoded = Vec::with_capacity(entries.len());
         for entry in &entries {
-            let bytes = postcard::to_allocvec(entry)
+            let hint = super::network::entry_bytes(entry);
+            let bytes = postcard::to_extend(entry, Vec::with_capacity(hint))
                 .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             encoded.push((entry.log_id, bytes));
         }

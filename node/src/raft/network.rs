@@ -76,6 +76,18 @@ pub enum PeerRequest {
     },
 }
 
+impl PeerRequest {
+    /// Roughly how many bytes the request encodes to, so that its buffer
+    /// is allocated once rather than grown through every power of two.
+    fn size_hint(&self) -> usize {
+        64 + match self {
+            PeerRequest::AppendEntries(r) => r.entries.iter().map(entry_bytes).sum(),
+            PeerRequest::Write(command) => command.payload_bytes(),
+            _ => 0,
+        }
+    }
+}
+
 /// Why the leader could not serve a forwarded request.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
@@ -195,8 +207,8 @@ impl PeerNetwork {
         timeout: Duration,
     ) -> Result<PeerResponse, GatewayError> {
         let addr = resolve(&member.peer_addr).await?;
-        let bytes =
-            postcard::to_allocvec(request).map_err(|e| GatewayError::Codec(e.to_string()))?;
+        let bytes = postcard::to_extend(request, Vec::with_capacity(request.size_hint()))
+            .map_err(|e| GatewayError::Codec(e.to_string()))?;
         let answer = self
             .endpoint
             .call(addr, &self.server_name, ALPN_PEER, &bytes, timeout)
