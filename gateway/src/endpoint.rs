@@ -518,12 +518,18 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn request_response_over_mutual_tls_and_reconnect_after_restart() {
+    /// Endpoints "a" and "b" of one datacenter, with the directory of their TLS material.
+    fn two_endpoints() -> (tempfile::TempDir, Endpoint, Endpoint) {
         let dir = tempfile::tempdir().unwrap();
         generate(dir.path(), "dc1", &["a".into(), "b".into()]).unwrap();
         let a = endpoint(dir.path(), "a");
         let b = endpoint(dir.path(), "b");
+        (dir, a, b)
+    }
+
+    #[tokio::test]
+    async fn request_response_over_mutual_tls_and_reconnect_after_restart() {
+        let (dir, a, b) = two_endpoints();
         b.register(
             crate::ALPN_PEER,
             Arc::new(|req: Vec<u8>| {
@@ -581,10 +587,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_and_responses_end_their_streams_without_stopping_them() {
-        let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), "dc1", &["a".into(), "b".into()]).unwrap();
-        let a = endpoint(dir.path(), "a");
-        let b = endpoint(dir.path(), "b");
+        let (_dir, a, b) = two_endpoints();
         b.register(
             crate::ALPN_PEER,
             Arc::new(|req: Vec<u8>| Box::pin(async move { Ok(req) })),
@@ -636,10 +639,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_carry_many_frames_each_way_and_a_slow_reader_holds_back_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), "dc1", &["a".into(), "b".into()]).unwrap();
-        let a = endpoint(dir.path(), "a");
-        let b = endpoint(dir.path(), "b");
+        let (_dir, a, b) = two_endpoints();
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = sent.clone();
         b.register_streams(
