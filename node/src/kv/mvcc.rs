@@ -619,8 +619,8 @@ impl<'t, 'e> KvWriter<'t, 'e> {
         self.store.kv.put(
             self.txn,
             &row_key(key, main, sub),
-            // The value plus at most 32 bytes of varints and flags.
-            &encode_into(record, Vec::with_capacity(record.value.len() + 32))?,
+            // The value plus a flag byte and four varints of at most 10 bytes.
+            &encode_into(record, Vec::with_capacity(record.value.len() + 41))?,
         )?;
         self.store.changes.put(self.txn, &rev_key(main, sub), key)?;
         Ok(())
