@@ -49,6 +49,9 @@ pub struct Measurement {
     /// CPU time (user + system) of the servers' processes over the measured
     /// period, per operation, in microseconds; when their pids were given.
     pub server_cpu_us_per_op: Option<f64>,
+    /// The same for this load generator itself: what the client costs per
+    /// operation on the cores it shares with the servers.
+    pub client_cpu_us_per_op: Option<f64>,
 }
 
 struct Tally {
@@ -106,16 +109,24 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
     let start = Instant::now();
     let measure_from = start + plan.warmup;
     let end = measure_from + plan.duration;
-    // The servers' CPU time at the start and the end of the measured period.
-    let cpu = (!plan.server_pids.is_empty()).then(|| {
+    // The servers' and this process's CPU time at the start and the end of
+    // the measured period.
+    let cpu = {
         let pids = plan.server_pids.clone();
+        let me = std::process::id();
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
-            let first = crate::cpu::total_seconds(&pids)?;
+            let servers = crate::cpu::total_seconds(&pids)?;
+            let client = crate::cpu::process_seconds(me)?;
             tokio::time::sleep_until(end.into()).await;
-            anyhow::Ok(crate::cpu::total_seconds(&pids)? - first)
+            anyhow::Ok((
+                (!pids.is_empty())
+                    .then(|| anyhow::Ok(crate::cpu::total_seconds(&pids)? - servers))
+                    .transpose()?,
+                crate::cpu::process_seconds(me)? - client,
+            ))
         })
-    });
+    };
     // Open loop: a shared ticket counter hands out scheduled start times.
     let tickets = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -187,10 +198,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
             first_error = t.first_error;
         }
     }
-    let server_cpu = match cpu {
-        Some(task) => Some(task.await??),
-        None => None,
-    };
+    let (server_cpu, client_cpu) = cpu.await??;
     let secs = plan.duration.as_secs_f64();
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     Ok(Measurement {
@@ -211,5 +219,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
         server_cpu_us_per_op: server_cpu
             .filter(|_| ops > 0)
             .map(|seconds| seconds * 1e6 / ops as f64),
+        client_cpu_us_per_op: (ops > 0).then(|| client_cpu * 1e6 / ops as f64),
     })
 }

@@ -182,10 +182,13 @@ async fn main() -> anyhow::Result<()> {
             let mut record = serde_json::to_value(&m)?;
             record["system"] = serde_json::json!(system);
             let line = format!("{record}\n");
-            let cpu = m
-                .server_cpu_us_per_op
-                .map(|us| format!(", servers' CPU {us:.0} us/op"))
-                .unwrap_or_default();
+            let cpu = [
+                ("servers'", m.server_cpu_us_per_op),
+                ("client's", m.client_cpu_us_per_op),
+            ]
+            .iter()
+            .filter_map(|(who, us)| us.map(|us| format!(", {who} CPU {us:.0} us/op")))
+            .collect::<String>();
             eprintln!(
                 "{system:>8} {workload:?} clients={clients}: {:.0} ops/s p50 {:.2} ms p99 {:.2} ms errors {}{cpu}",
                 m.throughput, m.p50_ms, m.p99_ms, m.errors

@@ -72,6 +72,7 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
             "p999_ms",
             "cas_success_rate",
             "server_cpu_us_per_op",
+            "client_cpu_us_per_op",
             "errors",
         ] {
             if let Some(x) = v[f].as_f64() {
@@ -99,15 +100,16 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
         md,
         "Ratios are Meridian / etcd: above 1 is better for throughput, below 1 is better for latency, CPU and footprint. \
          Each figure is the mean of the rounds (systems alternate A B A B). \
-         CPU µs/op is the three servers' user + system time over the measured period divided by its operations.\n"
+         CPU µs/op is the three servers' user + system time over the measured period divided by its operations; \
+         client CPU µs/op is the same for the load generator, which shares the cores with the servers.\n"
     )?;
     writeln!(
         md,
-        "| workload | clients | load | etcd ops/s | Meridian ops/s | ratio | etcd p50 ms | Meridian p50 ms | ratio | etcd p99 ms | Meridian p99 ms | ratio | etcd p99.9 ms | Meridian p99.9 ms | ratio | etcd CPU µs/op | Meridian CPU µs/op | ratio | errors (etcd/Meridian) |"
+        "| workload | clients | load | etcd ops/s | Meridian ops/s | ratio | etcd p50 ms | Meridian p50 ms | ratio | etcd p99 ms | Meridian p99 ms | ratio | etcd p99.9 ms | Meridian p99.9 ms | ratio | etcd CPU µs/op | Meridian CPU µs/op | ratio | client CPU µs/op (etcd/Meridian) | errors (etcd/Meridian) |"
     )?;
     writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )?;
     for ((workload, clients, load), systems) in &runs {
         let get = |system: &str, field: &str| {
@@ -141,6 +143,15 @@ pub fn report(records: &str) -> anyhow::Result<(String, Value)> {
                 cells.extend([cell(e), cell(m), cell(ratio(m, e))]);
             }
         }
+        let (e, m) = (
+            get("etcd", "client_cpu_us_per_op"),
+            get("meridian", "client_cpu_us_per_op"),
+        );
+        row.insert(
+            "client_cpu_us_per_op".into(),
+            json!({"etcd": e, "meridian": m}),
+        );
+        cells.push(format!("{}/{}", cell(e), cell(m)));
         cells.push(format!(
             "{}/{}",
             cell(get("etcd", "errors")),
@@ -200,10 +211,10 @@ mod tests {
     #[test]
     fn rounds_are_averaged_and_ratios_are_meridian_over_etcd() {
         let records = r#"{"meta":{"machine":"test"}}
-{"system":"etcd","workload":"put","clients":64,"rate":null,"throughput":1000.0,"p50_ms":10.0,"p99_ms":40.0,"p999_ms":50.0,"server_cpu_us_per_op":300.0,"errors":0}
-{"system":"meridian","workload":"put","clients":64,"rate":null,"throughput":3000.0,"p50_ms":5.0,"p99_ms":20.0,"p999_ms":30.0,"server_cpu_us_per_op":100.0,"errors":0}
-{"system":"etcd","workload":"put","clients":64,"rate":null,"throughput":3000.0,"p50_ms":10.0,"p99_ms":40.0,"p999_ms":50.0,"server_cpu_us_per_op":200.0,"errors":0}
-{"system":"meridian","workload":"put","clients":64,"rate":null,"throughput":5000.0,"p50_ms":5.0,"p99_ms":20.0,"p999_ms":30.0,"server_cpu_us_per_op":150.0,"errors":0}
+{"system":"etcd","workload":"put","clients":64,"rate":null,"throughput":1000.0,"p50_ms":10.0,"p99_ms":40.0,"p999_ms":50.0,"server_cpu_us_per_op":300.0,"client_cpu_us_per_op":40.0,"errors":0}
+{"system":"meridian","workload":"put","clients":64,"rate":null,"throughput":3000.0,"p50_ms":5.0,"p99_ms":20.0,"p999_ms":30.0,"server_cpu_us_per_op":100.0,"client_cpu_us_per_op":30.0,"errors":0}
+{"system":"etcd","workload":"put","clients":64,"rate":null,"throughput":3000.0,"p50_ms":10.0,"p99_ms":40.0,"p999_ms":50.0,"server_cpu_us_per_op":200.0,"client_cpu_us_per_op":60.0,"errors":0}
+{"system":"meridian","workload":"put","clients":64,"rate":null,"throughput":5000.0,"p50_ms":5.0,"p99_ms":20.0,"p999_ms":30.0,"server_cpu_us_per_op":150.0,"client_cpu_us_per_op":50.0,"errors":0}
 {"system":"etcd","metric":"rss_idle_mib","value":40.0}
 {"system":"meridian","metric":"rss_idle_mib","value":10.0}
 "#;
@@ -215,8 +226,13 @@ mod tests {
         assert_eq!(put["p99_ms"]["ratio"], json!(0.5));
         assert_eq!(put["server_cpu_us_per_op"]["etcd"], json!(250.0));
         assert_eq!(put["server_cpu_us_per_op"]["ratio"], json!(0.5));
+        assert_eq!(put["client_cpu_us_per_op"]["etcd"], json!(50.0));
+        assert_eq!(put["client_cpu_us_per_op"]["meridian"], json!(40.0));
         assert_eq!(json["footprint"][0]["ratio"], json!(0.25));
-        assert!(md.contains("| 250 | 125 | 0.50 | 0.00/0.00 |"), "{md}");
+        assert!(
+            md.contains("| 250 | 125 | 0.50 | 50.00/40.00 | 0.00/0.00 |"),
+            "{md}"
+        );
         assert!(
             md.contains("| put | 64 | closed | 2000 | 4000 | 2.00 |"),
             "{md}"
