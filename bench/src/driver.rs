@@ -116,13 +116,13 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
         let me = std::process::id();
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
-            let servers = crate::cpu::total_seconds(&pids)?;
-            let client = crate::cpu::process_seconds(me)?;
+            let (servers, client) = (
+                crate::cpu::total_seconds(&pids)?,
+                crate::cpu::process_seconds(me)?,
+            );
             tokio::time::sleep_until(end.into()).await;
             anyhow::Ok((
-                (!pids.is_empty())
-                    .then(|| anyhow::Ok(crate::cpu::total_seconds(&pids)? - servers))
-                    .transpose()?,
+                crate::cpu::total_seconds(&pids)? - servers,
                 crate::cpu::process_seconds(me)? - client,
             ))
         })
@@ -216,9 +216,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
         cas_success_rate: (plan.workload == Workload::TxnCas && ops > 0)
             .then(|| (ops - cas_lost) as f64 / ops as f64),
         first_error,
-        server_cpu_us_per_op: server_cpu
-            .filter(|_| ops > 0)
-            .map(|seconds| seconds * 1e6 / ops as f64),
+        server_cpu_us_per_op: (!plan.server_pids.is_empty() && ops > 0)
+            .then(|| server_cpu * 1e6 / ops as f64),
         client_cpu_us_per_op: (ops > 0).then(|| client_cpu * 1e6 / ops as f64),
     })
 }

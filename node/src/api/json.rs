@@ -31,22 +31,21 @@ fn err(field: &str, reason: impl Into<String>) -> FieldError {
 /// Whether `candidate` is the lowerCamelCase spelling of the snake_case
 /// `name` (`prev_kv` and `prevKv`), compared without building it.
 fn is_camel_of(name: &str, candidate: &str) -> bool {
-    let mut expected = name.split('_').enumerate().flat_map(|(i, part)| {
-        let mut chars = part.chars();
-        let first = chars.next().into_iter().flat_map(move |c| {
-            let upper = (i > 0).then(|| c.to_uppercase());
-            upper.into_iter().flatten().chain((i == 0).then_some(c))
-        });
-        first.chain(chars)
-    });
     let mut given = candidate.chars();
-    loop {
-        match (expected.next(), given.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
+    let mut up = false;
+    for c in name.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            if !c.to_uppercase().all(|u| given.next() == Some(u)) {
+                return false;
+            }
+            up = false;
+        } else if given.next() != Some(c) {
+            return false;
         }
     }
+    given.next().is_none()
 }
 
 fn field<'a>(obj: &'a Obj, name: &str) -> Option<&'a Value> {

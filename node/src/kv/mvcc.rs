@@ -67,12 +67,14 @@ fn lease_key(id: i64, key: &[u8]) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, KvError> {
-    encode_into(value, Vec::new())
+    encode_sized(value, 0)
 }
 
-/// Encodes into `buf`; given room enough, without growing it.
-fn encode_into<T: Serialize>(value: &T, buf: Vec<u8>) -> Result<Vec<u8>, KvError> {
-    postcard::to_extend(value, buf).map_err(|e| KvError::Storage(format!("encode: {e}")))
+/// Encodes into a buffer allocated with room for `bytes`: given enough, it
+/// is never grown.
+fn encode_sized<T: Serialize>(value: &T, bytes: usize) -> Result<Vec<u8>, KvError> {
+    postcard::to_extend(value, Vec::with_capacity(bytes))
+        .map_err(|e| KvError::Storage(format!("encode: {e}")))
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, KvError> {
@@ -620,7 +622,7 @@ impl<'t, 'e> KvWriter<'t, 'e> {
             self.txn,
             &row_key(key, main, sub),
             // The value plus a flag byte and four varints of at most 10 bytes.
-            &encode_into(record, Vec::with_capacity(record.value.len() + 41))?,
+            &encode_sized(record, record.value.len() + 41)?,
         )?;
         self.store.changes.put(self.txn, &rev_key(main, sub), key)?;
         Ok(())
