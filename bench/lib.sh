@@ -1,0 +1,97 @@
+# Shared by bench/run and bench/ab (sourced, not run): the 3-server
+# clusters of both systems on loopback. Expects MERIDIAN (the binary),
+# THREADS_ARGS (its thread options) and PIDS (every process started, for
+# the caller's cleanup) to be set by the caller.
+# shellcheck shell=bash
+
+# Ports: etcd members on 32379+10i (client) / 32380+10i (peer);
+# Meridian servers on 42379+10i (client) / 42380+10i (QUIC).
+ETCD_URLS="http://127.0.0.1:32379,http://127.0.0.1:32389,http://127.0.0.1:32399"
+MERIDIAN_URLS="http://127.0.0.1:42379,http://127.0.0.1:42389,http://127.0.0.1:42399"
+
+ETCD_PIDS=()
+start_etcd() { # $1 = data root
+  mkdir -p "$1"
+  local cluster="e0=http://127.0.0.1:32380,e1=http://127.0.0.1:32390,e2=http://127.0.0.1:32400"
+  ETCD_PIDS=()
+  for i in 0 1 2; do
+    local c=$((32379 + 10 * i)) p=$((32380 + 10 * i))
+    # etcd defaults otherwise (fsync on, heartbeat 100 ms, election 1000 ms);
+    # snapshot every 10,000 entries like Meridian's raft.snapshot_logs.
+    etcd --name "e$i" --data-dir "$1/e$i" \
+      --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+      --initial-cluster "$cluster" --initial-cluster-state new --snapshot-count 10000 \
+      --log-level error >"$1/e$i.log" 2>&1 &
+    ETCD_PIDS+=($!)
+    PIDS+=($!)
+  done
+  wait_ready "$ETCD_URLS" /health
+}
+
+MERIDIAN_PIDS=()
+start_meridian() { # $1 = data root
+  mkdir -p "$1"
+  [ -d "$1/tls" ] || "$MERIDIAN" tls init --dir "$1/tls" --datacenter bench --names n0,n1,n2 >/dev/null
+  local members=""
+  for i in 0 1 2; do
+    members+="n$i = { peer = \"127.0.0.1:$((42380 + 10 * i))\", client = \"http://127.0.0.1:$((42379 + 10 * i))\" }"$'\n'
+  done
+  MERIDIAN_PIDS=()
+  for i in 0 1 2; do
+    # Defaults otherwise: fsync on every log commit, heartbeat 100 ms,
+    # election 1000-2000 ms, snapshot every 10,000 entries.
+    cat >"$1/n$i.toml" <<EOF
+name = "n$i"
+datacenter = "bench"
+data_dir = "$1/n$i"
+client_addr = "127.0.0.1:$((42379 + 10 * i))"
+peer_addr = "127.0.0.1:$((42380 + 10 * i))"
+[initial_members]
+$members
+[tls]
+ca = "$1/tls/ca.pem"
+cert = "$1/tls/n$i.pem"
+key = "$1/tls/n$i-key.pem"
+EOF
+    RUST_LOG=warn "$MERIDIAN" "${THREADS_ARGS[@]}" agent --config "$1/n$i.toml" >"$1/n$i.log" 2>&1 &
+    MERIDIAN_PIDS+=($!)
+    PIDS+=($!)
+  done
+  wait_ready "$MERIDIAN_URLS" /ready
+}
+
+# The endpoints with a follower first. A single client talks to the first
+# one, so both systems' one-client runs pay the forward to the leader, as two
+# thirds of a larger run's clients do; otherwise which member happens to
+# lead moves a one-client figure by a network hop. (Both answer etcd's
+# /v3/maintenance/status with their own id and the leader's.)
+follower_first() { # urls
+  local u status member leader first="" rest=""
+  for u in ${1//,/ }; do
+    status=$(curl -sf -X POST "$u/v3/maintenance/status" -d '{}' || true)
+    member=$(sed -nE 's/.*"member_id":"?([0-9]+).*/\1/p' <<<"$status")
+    leader=$(sed -nE 's/.*"leader":"?([0-9]+).*/\1/p' <<<"$status")
+    if [ -z "$first" ] && [ -n "$member" ] && [ -n "$leader" ] && [ "$member" != "$leader" ]; then
+      first=$u
+    else
+      rest+=",$u"
+    fi
+  done
+  if [ -n "$first" ]; then echo "$first$rest"; else echo "$1"; fi
+}
+
+stop_pids() {
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do while kill -0 "$p" 2>/dev/null; do sleep 0.05; done; done
+}
+
+wait_ready() { # $1 = urls, $2 = path
+  local deadline=$((SECONDS + 60)) u
+  for u in ${1//,/ }; do
+    until curl -sf "$u$2" >/dev/null 2>&1; do
+      [ $SECONDS -lt $deadline ] || { echo "bench: $u$2 not ready within 60s" >&2; exit 1; }
+      sleep 0.05
+    done
+  done
+}
