@@ -1,8 +1,38 @@
-# Shared by bench/run and bench/ab (sourced, not run): the 3-server
-# clusters of both systems on loopback. Expects MERIDIAN (the binary),
-# THREADS_ARGS (its thread options) and PIDS (every process started, for
-# the caller's cleanup) to be set by the caller.
+# Shared by bench/run and bench/ab (sourced, not run): the servers'
+# thread settings, the 3-server clusters of both systems on loopback, and
+# the cleanup on exit. Expects MERIDIAN (the binary) when a Meridian cluster
+# starts, and WORK (the run's scratch directory, removed on exit).
 # shellcheck shell=bash
+
+# Threads per server. Three servers of each system share two cores here:
+# Meridian runs one worker thread each (`--worker-threads`), which measured
+# better than one per core; etcd keeps Go's default (GOMAXPROCS = cores),
+# since GOMAXPROCS=1 measured slower for it (bench/README.md).
+# WORKER_THREADS= (empty) leaves the default, for builds without the option.
+# (Not MERIDIAN_...: the servers read MERIDIAN_* variables as configuration.)
+WORKER_THREADS=${WORKER_THREADS-1}
+THREADS_ARGS=()
+[ -z "$WORKER_THREADS" ] || THREADS_ARGS=(--worker-threads "$WORKER_THREADS")
+
+# Every process started; stopped on exit, and WORK removed with them.
+PIDS=()
+cleanup() {
+  local status=$?
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$status" -ne 0 ]; then
+    # The servers' logs go with the work directory: show their ends first.
+    find "${WORK:?}" -name '*.log' -print0 2>/dev/null |
+      while IFS= read -r -d '' f; do echo "== $f"; tail -n 5 "$f"; done >&2
+  fi
+  rm -rf "${WORK:?}"
+}
+trap cleanup EXIT
+
+# Keys a workload prepares: the prefix ranges read 10,000.
+workload_keys() { # workload
+  case $1 in range-prefix*) echo 10000 ;; *) echo 100 ;; esac
+}
 
 # Ports: etcd members on 32379+10i (client) / 32380+10i (peer);
 # Meridian servers on 42379+10i (client) / 42380+10i (QUIC).
