@@ -52,8 +52,11 @@ use tokio::sync::{oneshot, watch};
 /// Appends the writer folds into one sync at most.
 const APPENDS_PER_SYNC_MAX: usize = 1024;
 
-/// Encoded bytes of durable entries kept in memory for replication and apply.
-const TAIL_BYTES: usize = 8 * 1024 * 1024;
+/// Encoded bytes of durable entries kept in memory for replication and
+/// apply, which read them right after they are durable. A follower further
+/// behind than this is sent entries read back from the segments. The tail
+/// stays full once written, so this is memory held for good.
+const TAIL_BYTES: usize = 1024 * 1024;
 
 /// The Raft log storage; cheap to clone (every clone shares the files, the
 /// in-memory tail and the writer).
