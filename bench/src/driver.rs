@@ -3,6 +3,7 @@
 //! start on a fixed schedule whatever the answers; latency counts from the
 //! scheduled start, so a stalled server is not hidden by clients waiting).
 
+use crate::conn::Connection;
 use crate::workload::{Outcome, Worker, Workload};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -62,39 +63,23 @@ struct Tally {
     first_error: Option<String>,
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(10))
-        .build()?)
-}
-
+/// Sends one request: the body serialized, then [`Connection::post`].
 async fn send(
-    http: &reqwest::Client,
-    url: &str,
+    conn: &mut Connection,
+    path: &str,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, String> {
-    let r = http
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status();
-    let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("HTTP {status}: {v}"));
-    }
-    Ok(v)
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    conn.post(path, body).await
 }
 
 /// Prepares the keyspace the workload reads or swaps.
 pub async fn setup(plan: &Plan) -> anyhow::Result<()> {
-    let http = client()?;
     let value = vec![b'v'; plan.value_bytes];
     let base = plan.endpoints.first().context("no endpoint")?;
+    let mut conn = Connection::new(base).map_err(anyhow::Error::msg)?;
     for (path, body) in crate::workload::setup(plan.workload, plan.keys, &value) {
-        send(&http, &format!("{base}{path}"), &body)
+        send(&mut conn, path, &body)
             .await
             .map_err(|e| anyhow::anyhow!("setup {path}: {e}"))?;
     }
@@ -134,8 +119,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
         let plan = plan.clone();
         let tickets = tickets.clone();
         tasks.push(tokio::spawn(async move {
-            let http = client()?;
             let endpoint = &plan.endpoints[id % plan.endpoints.len()];
+            let mut conn = Connection::new(endpoint).map_err(anyhow::Error::msg)?;
             let value = vec![b'v'; plan.value_bytes];
             let mut worker = Worker::new(id, plan.keys);
             let mut tally = Tally {
@@ -159,7 +144,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Measurement> {
                     break;
                 }
                 let (path, body, key) = worker.next(plan.workload, plan.keys, &value);
-                let result = send(&http, &format!("{endpoint}{path}"), &body).await;
+                let result = send(&mut conn, path, &body).await;
                 let took = scheduled.elapsed();
                 if scheduled < measure_from {
                     if let Ok(v) = &result {

@@ -4,6 +4,7 @@
 //!     meridian-load run --system meridian --endpoints URL,... --workload put --clients 64
 //!     meridian-load report bench/results/run.jsonl --markdown out.md --json out.json
 
+mod conn;
 mod cpu;
 mod driver;
 mod fanout;
