@@ -20,6 +20,8 @@ pub struct Metrics {
     pub commit_index: IntGauge,
     /// Highest log index applied.
     pub applied_index: IntGauge,
+    /// Entries of other servers' proposals held back to be applied together.
+    pub entries_held: IntCounter,
     /// Last log index.
     pub last_log_index: IntGauge,
     /// Proposals committed.
@@ -185,6 +187,10 @@ impl Metrics {
             applied_index: g(
                 "meridian_raft_applied_index",
                 "Highest Raft log index applied to the state machine.",
+            )?,
+            entries_held: c(
+                "meridian_raft_entries_held_total",
+                "Entries another server proposed that this one held back, to apply several in one transaction.",
             )?,
             last_log_index: g("meridian_raft_last_log_index", "Last Raft log index.")?,
             proposals_committed: c(

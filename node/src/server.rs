@@ -155,7 +155,10 @@ struct Inner {
     /// Read indexes for linearizable reads, one fetch per round of readers.
     reads: ReadIndexes,
     /// The last revision in `recent`, for watchers to wait on.
-    feed: tokio::sync::watch::Sender<i64>,
+    feed: Arc<tokio::sync::watch::Sender<i64>>,
+    /// What linearizable reads wait on: the state machine's writes visible
+    /// to readers (see `raft::StateMachine`'s held entries).
+    visible: raft::Visible,
     network: PeerNetwork,
     endpoint: Endpoint,
     metrics: Arc<Metrics>,
@@ -201,6 +204,9 @@ impl raft::ApplyObserver for Observer {
         self.metrics.applied_index.set(last.index as i64);
         self.metrics.revision.set(revision);
         self.revisions.send_replace(revision);
+    }
+    fn held(&self, entries: usize) {
+        self.metrics.entries_held.inc_by(entries as u64);
     }
     fn leases(&self, granted: &[raft::LeaseGranted], revoked: &[i64]) {
         for g in granted {
@@ -283,6 +289,11 @@ impl Node {
             revisions: revisions.clone(),
             lessor: lessor.clone(),
         });
+        let feed = Arc::new(tokio::sync::watch::channel(start_revision).0);
+        let listened = {
+            let feed = feed.clone();
+            move || feed.receiver_count() > 0
+        };
         let state_machine = StateMachine::new(
             kv,
             config.datacenter.clone(),
@@ -290,7 +301,9 @@ impl Node {
             observer,
         )
         .map_err(|e| NodeError::Storage(e.to_string()))?
-        .after_durable(log_store.durable());
+        .after_durable(log_store.durable())
+        .holding(id, raft::HoldLimits::default(), listened);
+        let visible = state_machine.visible();
         let commit_bound = raft::CommitBound::new(log_store.durable());
 
         let material = TlsMaterial::load(&config.tls)?;
@@ -366,7 +379,8 @@ impl Node {
                 lessor,
                 recent: Recent::new(start_revision, RECENT_BYTES_MAX),
                 reads,
-                feed: tokio::sync::watch::channel(start_revision).0,
+                feed,
+                visible,
                 network,
                 endpoint: endpoint.clone(),
                 metrics,
@@ -573,15 +587,9 @@ impl Node {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match inner.reads.index(remaining).await {
                 Ok(index) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    return match inner
-                        .raft
-                        .wait(Some(remaining))
-                        .applied_index_at_least(Some(index), "read index")
-                        .await
-                    {
-                        Ok(_) => Ok(()),
-                        Err(_) => Err(NodeError::Timeout),
+                    return match inner.visible.reach(index, deadline).await {
+                        true => Ok(()),
+                        false => Err(NodeError::Timeout),
                     };
                 }
                 Err(RoundError::Stopped) => return Err(NodeError::Stopped),

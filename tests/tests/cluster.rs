@@ -135,3 +135,52 @@ async fn a_server_down_while_the_log_was_purged_catches_up_by_snapshot() {
         "the lagging server caught up by snapshot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_hold_back_entries_yet_reads_that_must_see_them_do_and_a_crash_loses_none() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let leader_url = c.url(leader).to_string();
+    let follower_url = c.url(follower).to_string();
+
+    // Each write acknowledged by the leader is seen at once by a
+    // linearizable read on the follower, which holds entries back.
+    for i in 0..30 {
+        let (status, _) = put(&leader_url, &format!("held/{i}"), &i.to_string())
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let seen = get(&follower_url, &format!("held/{i}"), false)
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(i.to_string().into_bytes()), "write {i}");
+    }
+    let held = metric(&follower_url, "meridian_raft_entries_held_total").await;
+    assert!(held > 0.0, "the follower held nothing back");
+
+    // Serializable reads there see the writes once the hold is over.
+    put(&leader_url, "held/last", "x").await.unwrap();
+    c.wait_applied(follower, "held/last").await;
+
+    // Writes the follower may still hold when it is killed are applied
+    // again from its log when it comes back.
+    for i in 30..40 {
+        put(&leader_url, &format!("held/{i}"), &i.to_string())
+            .await
+            .unwrap();
+    }
+    c.kill(follower);
+    c.restart(follower).await;
+    c.wait_applied(follower, "held/39").await;
+    for i in 0..40 {
+        let seen = get(c.url(follower), &format!("held/{i}"), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            Some(i.to_string().into_bytes()),
+            "write {i} after the restart"
+        );
+    }
+}

@@ -17,7 +17,7 @@ mod wal;
 pub use log_store::{DurableLog, Imported, LogObserver, LogStore};
 pub use network::{CommitBound, PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};
-pub use state_machine::{ApplyObserver, LeaseGranted, StateMachine};
+pub use state_machine::{ApplyObserver, HoldLimits, LeaseGranted, StateMachine, Visible};
 pub(crate) use state_machine::{META_APPLIED, META_MEMBERSHIP};
 pub use types::*;
 

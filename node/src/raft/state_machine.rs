@@ -1,5 +1,11 @@
 //! The Raft state machine: applies committed entries to the MVCC store and
 //! records each batch's last log id in the same LMDB write transaction.
+//!
+//! A server may hold back entries another server proposed (see [`Hold`]):
+//! no client of its own waits on them, so it applies several in one
+//! transaction, which writes each B-tree page they touch once instead of
+//! once per entry. Readers see what is committed; a linearizable read
+//! waits for [`Visible`], which releases held entries at once.
 
 use super::log_store::DurableLog;
 use super::snapshot::{self, SnapshotError};
@@ -9,7 +15,10 @@ use crate::kv::{Applied, Command, KvError, KvStore, KvWriter, Outcome};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Mutex, Notify};
 
 pub(crate) const META_APPLIED: &str = "applied";
 pub(crate) const META_MEMBERSHIP: &str = "membership";
@@ -26,6 +35,9 @@ pub trait ApplyObserver: Send + Sync + 'static {
     fn applied(&self, last: LogId, revision: i64, entries: usize);
     /// Leases were granted or revoked by the batch just applied.
     fn leases(&self, granted: &[LeaseGranted], revoked: &[i64]);
+    /// `entries` entries another server proposed were held back, to be
+    /// applied together with later ones.
+    fn held(&self, _entries: usize) {}
     /// A snapshot was built or installed.
     fn snapshot(
         &self,
@@ -64,6 +76,90 @@ pub struct StateMachine {
     /// log holds it durably (a leader reports its own entries durable
     /// early, see `log_store`).
     durable: Option<tokio::sync::watch::Receiver<DurableLog>>,
+    /// The last log index whose writes a new read transaction sees.
+    visible: Arc<watch::Sender<u64>>,
+    /// Holding back other leaders' entries, when enabled.
+    hold: Option<Arc<Hold>>,
+}
+
+/// How much a server holds back of the entries other servers proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldLimits {
+    /// Entries held at most.
+    pub entries: usize,
+    /// Their payload bytes at most (as `network::entry_bytes` counts them).
+    pub bytes: usize,
+    /// How long the first of them waits at most.
+    pub delay: Duration,
+}
+
+impl Default for HoldLimits {
+    fn default() -> Self {
+        HoldLimits {
+            entries: 32,
+            bytes: 1024 * 1024,
+            delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Entries another server proposed, held back to be applied together.
+///
+/// Only a server's own entries have clients waiting on their results (the
+/// proposer's); an entry of another leader's term is answered by that
+/// leader. So a follower may apply such entries later, several in one LMDB
+/// transaction, as long as every reader that must see them does: a
+/// linearizable read raises `wanted` and releases them at once
+/// ([`Visible::reach`]), snapshots release them first, and so does the
+/// server's first own entry. Serializable reads and watchers on this
+/// server may see them up to [`HoldLimits::delay`] later, so nothing is
+/// held while anyone listens for changes here (`listened`).
+struct Hold {
+    /// This server's id: its own entries are never held.
+    me: u64,
+    limits: HoldLimits,
+    /// Whether anyone here is waiting for changes (watchers, replication
+    /// streams, blocking queries); nothing is held while so.
+    listened: Box<dyn Fn() -> bool + Send + Sync>,
+    held: Mutex<Held>,
+    /// The highest index a linearizable read on this server waits for;
+    /// nothing is held while it is above the visible index.
+    wanted: AtomicU64,
+    /// Releases the held entries before their delay is up.
+    now: Notify,
+    /// Why releasing held entries failed; the next apply reports it.
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct Held {
+    entries: Vec<Entry<TypeConfig>>,
+    bytes: usize,
+}
+
+/// Waits until reads see the state machine's writes through a log index.
+#[derive(Clone)]
+pub struct Visible {
+    visible: watch::Receiver<u64>,
+    hold: Option<Arc<Hold>>,
+}
+
+impl Visible {
+    /// Waits until a read transaction begun now sees every entry through
+    /// `index` (released at once if held back), or `deadline` passes.
+    pub async fn reach(&self, index: u64, deadline: Instant) -> bool {
+        let mut visible = self.visible.clone();
+        if *visible.borrow() >= index {
+            return true;
+        }
+        if let Some(hold) = &self.hold {
+            hold.wanted.fetch_max(index, Ordering::SeqCst);
+            hold.now.notify_one();
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let reached = tokio::time::timeout(remaining, visible.wait_for(|v| *v >= index)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
 }
 
 impl StateMachine {
@@ -75,13 +171,51 @@ impl StateMachine {
         observer: Arc<dyn ApplyObserver>,
     ) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        let applied = {
+            let rtxn = store.env().read_txn().map_err(std::io::Error::other)?;
+            store
+                .meta_get::<Option<LogId>>(&rtxn, META_APPLIED)
+                .map_err(std::io::Error::other)?
+                .flatten()
+        };
         Ok(StateMachine {
             store,
             datacenter,
             snapshot_dir,
             observer,
             durable: None,
+            visible: Arc::new(watch::channel(applied.map_or(0, |id| id.index)).0),
+            hold: None,
         })
+    }
+
+    /// Holds back entries other servers proposed (see [`Hold`]): `me` is
+    /// this server's id, `listened` says whether anyone here waits for
+    /// changes.
+    pub fn holding(
+        mut self,
+        me: u64,
+        limits: HoldLimits,
+        listened: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.hold = Some(Arc::new(Hold {
+            me,
+            limits,
+            listened: Box::new(listened),
+            held: Mutex::new(Held::default()),
+            wanted: AtomicU64::new(0),
+            now: Notify::new(),
+            failed: std::sync::Mutex::new(None),
+        }));
+        self
+    }
+
+    /// What linearizable reads wait on.
+    pub fn visible(&self) -> Visible {
+        Visible {
+            visible: self.visible.subscribe(),
+            hold: self.hold.clone(),
+        }
     }
 
     /// Applies entries only once `durable` covers them.
@@ -223,8 +357,130 @@ impl StateMachine {
         result
     }
 
+    /// Applies `entries` in one transaction, tells the observer, and makes
+    /// them visible to readers.
+    async fn apply_now(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Vec<Applied>>, StorageError> {
+        let count = entries.len();
+        let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
+        let (results, last, leases) = if bytes <= INLINE_APPLY_BYTES {
+            self.apply_blocking(entries)
+        } else {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.apply_blocking(entries))
+                .await
+                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+        }
+        .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        if !leases.0.is_empty() || !leases.1.is_empty() {
+            self.observer.leases(&leases.0, &leases.1);
+        }
+        if let Some((log_id, revision)) = last {
+            self.show(log_id.index);
+            self.observer.applied(log_id, revision, count);
+        }
+        Ok(results)
+    }
+
+    /// Readers now see the writes through `index`.
+    fn show(&self, index: u64) {
+        self.visible.send_if_modified(|v| {
+            let newer = index > *v;
+            if newer {
+                *v = index;
+            }
+            newer
+        });
+    }
+
+    /// Holds `entries` back if [`Hold`] allows, answering them with no
+    /// results (nobody here waits on them); otherwise applies whatever is
+    /// held together with them.
+    async fn apply_or_hold(
+        &self,
+        hold: &Arc<Hold>,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Vec<Applied>>, StorageError> {
+        let mut held = hold.held.lock().await;
+        if let Some(e) = hold.failure() {
+            return Err(storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e));
+        }
+        let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
+        if hold.may_hold(&held, &entries, bytes, *self.visible.borrow()) {
+            let count = entries.len();
+            let first = held.entries.is_empty();
+            held.entries.extend(entries);
+            held.bytes += bytes;
+            self.observer.held(count);
+            if first {
+                tokio::spawn(release_later(self.clone(), hold.clone()));
+            }
+            return Ok((0..count).map(|_| Vec::new()).collect());
+        }
+        let mut all = std::mem::take(&mut held.entries);
+        held.bytes = 0;
+        let earlier = all.len();
+        all.extend(entries);
+        let mut results = self.apply_now(all).await?;
+        Ok(results.split_off(earlier))
+    }
+
+    /// Applies whatever entries are held back.
+    async fn release(&self) -> Result<(), StorageError> {
+        let Some(hold) = &self.hold else {
+            return Ok(());
+        };
+        let mut held = hold.held.lock().await;
+        if held.entries.is_empty() {
+            return Ok(());
+        }
+        let all = std::mem::take(&mut held.entries);
+        held.bytes = 0;
+        self.apply_now(all).await.map(|_| ())
+    }
+
     fn current_snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(CURRENT_SNAPSHOT)
+    }
+}
+
+impl Hold {
+    /// Whether `entries` may join `held` (see [`Hold`]).
+    fn may_hold(
+        &self,
+        held: &Held,
+        entries: &[Entry<TypeConfig>],
+        bytes: usize,
+        visible: u64,
+    ) -> bool {
+        entries.iter().all(|e| {
+            e.log_id.leader_id.node_id != self.me
+                && matches!(e.payload, EntryPayload::Normal(_) | EntryPayload::Blank)
+        }) && held.entries.len() + entries.len() <= self.limits.entries
+            && held.bytes + bytes <= self.limits.bytes
+            && self.wanted.load(Ordering::SeqCst) <= visible
+            && !(self.listened)()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// Applies the entries held from now on once their delay is up, or sooner
+/// when a reader needs them.
+async fn release_later(sm: StateMachine, hold: Arc<Hold>) {
+    tokio::select! {
+        _ = tokio::time::sleep(hold.limits.delay) => {}
+        _ = hold.now.notified() => {}
+    }
+    if let Err(e) = sm.release().await {
+        tracing::error!(error = %e, "applying held entries failed; the state machine stops");
+        if let Ok(mut failed) = hold.failed.lock() {
+            *failed = Some(e.to_string());
+        }
     }
 }
 
@@ -245,6 +501,8 @@ fn snapshot_error(verb: ErrorVerb, e: SnapshotError) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // The snapshot then covers everything openraft has handed over.
+        self.release().await?;
         let this = self.clone();
         let start = std::time::Instant::now();
         let meta = tokio::task::spawn_blocking(move || {
@@ -319,7 +577,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let count = entries.len();
         if let (Some(durable), Some(last)) = (&mut self.durable, entries.last()) {
             let index = last.log_id.index;
             durable
@@ -329,23 +586,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .covers(index)
                 .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
-        let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
-        let (results, last, leases) = if bytes <= INLINE_APPLY_BYTES {
-            self.apply_blocking(entries)
-        } else {
-            let this = self.clone();
-            tokio::task::spawn_blocking(move || this.apply_blocking(entries))
-                .await
-                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+        match self.hold.clone() {
+            Some(hold) => self.apply_or_hold(&hold, entries).await,
+            None => self.apply_now(entries).await,
         }
-        .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-        if !leases.0.is_empty() || !leases.1.is_empty() {
-            self.observer.leases(&leases.0, &leases.1);
-        }
-        if let Some((log_id, revision)) = last {
-            self.observer.applied(log_id, revision, count);
-        }
-        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -377,6 +621,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 e,
             )
         };
+        self.release().await?;
         self.take_incoming(*snapshot).await.map_err(failed)?;
         let this = self.clone();
         let expected = meta.clone();
@@ -395,6 +640,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
         .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        if let Some(last) = installed.last_log_id {
+            self.show(last.index);
+        }
         self.observer.snapshot(true, &installed, start.elapsed());
         Ok(())
     }

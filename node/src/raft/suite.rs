@@ -103,3 +103,153 @@ async fn the_state_machine_applies_an_entry_only_once_the_log_holds_it_durably()
         .expect("answered in time");
     assert!(failed.is_err());
 }
+
+/// A put of `key` (value `v`) proposed at `index` by the leader of `term`, server `leader`.
+fn put_entry(leader: u64, term: u64, index: u64, key: &str) -> openraft::Entry<TypeConfig> {
+    use crate::kv::{Command, PutRequest};
+    openraft::Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, leader), index),
+        payload: openraft::EntryPayload::Normal(super::Proposal {
+            commands: vec![Command::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                lease: 0,
+                prev_kv: false,
+                ignore_value: false,
+                ignore_lease: false,
+            })],
+        }),
+    }
+}
+
+/// A state machine on a fresh store for server 2, holding with `limits`
+/// while `listened` is false.
+fn holding_state_machine(
+    dir: &std::path::Path,
+    limits: super::HoldLimits,
+    listened: Arc<std::sync::atomic::AtomicBool>,
+) -> (KvStore, StateMachine) {
+    let state_env = open_env(&dir.join("state"), EnvKind::State).expect("env");
+    let kv = KvStore::open(state_env).expect("kv");
+    let sm = StateMachine::new(kv, "t".into(), dir.join("snapshots"), Arc::new(Quiet))
+        .expect("state machine")
+        .holding(2, limits, move || {
+            listened.load(std::sync::atomic::Ordering::SeqCst)
+        });
+    (kv, sm)
+}
+
+fn revision(kv: &KvStore) -> i64 {
+    let rtxn = kv.env().read_txn().expect("txn");
+    kv.revision(&rtxn).expect("revision")
+}
+
+#[tokio::test]
+async fn a_follower_holds_other_leaders_entries_until_a_reader_or_its_own_entry_needs_them() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::RaftSnapshotBuilder;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = super::HoldLimits {
+        entries: 3,
+        bytes: 1 << 20,
+        // Longer than the test: only readers, limits and own entries release.
+        delay: Duration::from_secs(600),
+    };
+    let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (kv, mut sm) = holding_state_machine(dir.path(), limits, listened.clone());
+    let visible = sm.visible();
+    let soon = || Instant::now() + Duration::from_secs(10);
+
+    // Server 1's entry is held: answered with no results, not yet readable.
+    let answered = sm
+        .apply(vec![put_entry(1, 1, 1, "a")])
+        .await
+        .expect("apply");
+    assert_eq!(answered, vec![Vec::new()]);
+    assert_eq!(revision(&kv), 1, "a held entry is not written yet");
+    // A linearizable read that needs it releases it at once.
+    assert!(visible.reach(1, soon()).await);
+    assert_eq!(revision(&kv), 2);
+
+    // Held up to the limit (3 entries); the fourth is applied with them.
+    for index in 2..=4 {
+        sm.apply(vec![put_entry(1, 1, index, &format!("k{index}"))])
+            .await
+            .expect("apply");
+    }
+    assert_eq!(revision(&kv), 2, "three entries held");
+    sm.apply(vec![put_entry(1, 1, 5, "k5")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 6, "the limit releases them all together");
+    let (applied, _) = sm.applied_state().await.expect("state");
+    assert_eq!(applied.map(|id| id.index), Some(5));
+
+    // This server's own entry (it leads term 2) is never held, and it
+    // releases what is held before it; its results are there for its client.
+    sm.apply(vec![put_entry(1, 1, 6, "k6")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 6);
+    let own = sm
+        .apply(vec![put_entry(2, 2, 7, "k7")])
+        .await
+        .expect("apply");
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].len(), 1, "the own entry's put is answered");
+    assert_eq!(own[0][0].revision, 8);
+    assert_eq!(revision(&kv), 8);
+
+    // A snapshot covers everything handed over, held entries included.
+    sm.apply(vec![put_entry(1, 3, 8, "k8")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 8);
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(8));
+    assert_eq!(revision(&kv), 9);
+
+    // While anyone here listens for changes (watchers), nothing is held.
+    listened.store(true, std::sync::atomic::Ordering::SeqCst);
+    sm.apply(vec![put_entry(1, 3, 9, "k9")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 10);
+}
+
+#[tokio::test]
+async fn held_entries_are_applied_once_their_delay_is_up() {
+    use openraft::storage::RaftStateMachine;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = super::HoldLimits {
+        entries: 100,
+        bytes: 1 << 20,
+        delay: Duration::from_millis(50),
+    };
+    let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (kv, mut sm) = holding_state_machine(dir.path(), limits, listened);
+    sm.apply(vec![put_entry(1, 1, 1, "a")])
+        .await
+        .expect("apply");
+    sm.apply(vec![put_entry(1, 1, 2, "b")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 1, "held");
+    let mut waited = 0;
+    while revision(&kv) != 3 {
+        assert!(waited < 200, "the held entries were never applied");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    let (applied, _) = sm.applied_state().await.expect("state");
+    assert_eq!(applied.map(|id| id.index), Some(2));
+}
