@@ -186,7 +186,7 @@ impl Metrics {
             )?,
             applied_index: g(
                 "meridian_raft_applied_index",
-                "Highest Raft log index applied to the state machine.",
+                "Highest Raft log index whose writes the state machine has committed (readers see them).",
             )?,
             entries_held: c(
                 "meridian_raft_entries_held_total",

@@ -222,6 +222,9 @@ impl raft::ApplyObserver for Observer {
         meta: &openraft::SnapshotMeta<u64, Member>,
         duration: Duration,
     ) {
+        if let (true, Some(last)) = (installed, meta.last_log_id) {
+            self.metrics.applied_index.set(last.index as i64);
+        }
         let kind = if installed { "install" } else { "build" };
         self.metrics
             .snapshot_duration
@@ -304,6 +307,10 @@ impl Node {
         .after_durable(log_store.durable())
         .holding(id, raft::HoldLimits::default(), listened);
         let visible = state_machine.visible();
+        // From here on set by the state machine's commits (`Observer`): on a
+        // follower holding entries (ADR 0016) it trails openraft's own
+        // applied index by what is held.
+        metrics.applied_index.set(visible.index() as i64);
         let commit_bound = raft::CommitBound::new(log_store.durable());
 
         let material = TlsMaterial::load(&config.tls)?;
@@ -1368,9 +1375,6 @@ async fn watch_raft_metrics(node: Node) {
         metrics
             .last_log_index
             .set(m.last_log_index.unwrap_or(0) as i64);
-        metrics
-            .applied_index
-            .set(m.last_applied.map_or(0, |l| l.index) as i64);
         let leading = (m.state == ServerState::Leader).then_some(m.current_term);
         if leading != led_term {
             *node

@@ -145,6 +145,11 @@ pub struct Visible {
 }
 
 impl Visible {
+    /// The last log index whose writes a read transaction begun now sees.
+    pub fn index(&self) -> u64 {
+        *self.visible.borrow()
+    }
+
     /// Waits until a read transaction begun now sees every entry through
     /// `index` (released at once if held back), or `deadline` passes.
     pub async fn reach(&self, index: u64, deadline: Instant) -> bool {
