@@ -73,10 +73,7 @@ where
 {
     let storage = |e: &dyn std::fmt::Display| SnapshotError::Storage(e.to_string());
     let rtxn = store.env().read_txn().map_err(|e| storage(&e))?;
-    let applied: Option<super::LogId> = store
-        .meta_get(&rtxn, super::state_machine::META_APPLIED)
-        .map_err(|e| storage(&e))?
-        .flatten();
+    let applied = super::state_machine::applied_log_id(store, &rtxn).map_err(|e| storage(&e))?;
     let membership: super::StoredMembership = store
         .meta_get(&rtxn, super::state_machine::META_MEMBERSHIP)
         .map_err(|e| storage(&e))?

@@ -23,6 +23,13 @@ use tokio::sync::{watch, Mutex, Notify};
 pub(crate) const META_APPLIED: &str = "applied";
 pub(crate) const META_MEMBERSHIP: &str = "membership";
 
+/// The log id of the last entry the state holds, as its last commit recorded it.
+pub(crate) fn applied_log_id(store: &KvStore, txn: &heed::RoTxn) -> Result<Option<LogId>, KvError> {
+    Ok(store
+        .meta_get::<Option<LogId>>(txn, META_APPLIED)?
+        .flatten())
+}
+
 const CURRENT_SNAPSHOT: &str = "current.snap";
 /// Batches up to this many bytes (as `network::entry_bytes` counts them) are
 /// applied on the state machine's task; larger ones on a blocking thread.
@@ -134,7 +141,18 @@ struct Hold {
 #[derive(Default)]
 struct Held {
     entries: Vec<Entry<TypeConfig>>,
+    /// Their payload bytes, as `network::entry_bytes` counts them.
     bytes: usize,
+}
+
+impl Held {
+    /// Everything held, and its payload bytes, leaving nothing held.
+    fn take(&mut self) -> (Vec<Entry<TypeConfig>>, usize) {
+        (
+            std::mem::take(&mut self.entries),
+            std::mem::take(&mut self.bytes),
+        )
+    }
 }
 
 /// Waits until reads see the state machine's writes through a log index.
@@ -178,10 +196,7 @@ impl StateMachine {
         std::fs::create_dir_all(&snapshot_dir)?;
         let applied = {
             let rtxn = store.env().read_txn().map_err(std::io::Error::other)?;
-            store
-                .meta_get::<Option<LogId>>(&rtxn, META_APPLIED)
-                .map_err(std::io::Error::other)?
-                .flatten()
+            applied_log_id(&store, &rtxn).map_err(std::io::Error::other)?
         };
         Ok(StateMachine {
             store,
@@ -362,14 +377,14 @@ impl StateMachine {
         result
     }
 
-    /// Applies `entries` in one transaction, tells the observer, and makes
-    /// them visible to readers.
+    /// Applies `entries` (`bytes` of payload) in one transaction, tells the
+    /// observer, and makes them visible to readers.
     async fn apply_now(
         &self,
         entries: Vec<Entry<TypeConfig>>,
+        bytes: usize,
     ) -> Result<Vec<Vec<Applied>>, StorageError> {
         let count = entries.len();
-        let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
         let (results, last, leases) = if bytes <= INLINE_APPLY_BYTES {
             self.apply_blocking(entries)
         } else {
@@ -407,12 +422,12 @@ impl StateMachine {
         &self,
         hold: &Arc<Hold>,
         entries: Vec<Entry<TypeConfig>>,
+        bytes: usize,
     ) -> Result<Vec<Vec<Applied>>, StorageError> {
         let mut held = hold.held.lock().await;
         if let Some(e) = hold.failure() {
             return Err(storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e));
         }
-        let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
         if hold.may_hold(&held, &entries, bytes, *self.visible.borrow()) {
             let count = entries.len();
             let first = held.entries.is_empty();
@@ -424,11 +439,10 @@ impl StateMachine {
             }
             return Ok((0..count).map(|_| Vec::new()).collect());
         }
-        let mut all = std::mem::take(&mut held.entries);
-        held.bytes = 0;
+        let (mut all, held_bytes) = held.take();
         let earlier = all.len();
         all.extend(entries);
-        let mut results = self.apply_now(all).await?;
+        let mut results = self.apply_now(all, held_bytes + bytes).await?;
         Ok(results.split_off(earlier))
     }
 
@@ -441,9 +455,8 @@ impl StateMachine {
         if held.entries.is_empty() {
             return Ok(());
         }
-        let all = std::mem::take(&mut held.entries);
-        held.bytes = 0;
-        self.apply_now(all).await.map(|_| ())
+        let (all, bytes) = held.take();
+        self.apply_now(all, bytes).await.map(|_| ())
     }
 
     fn current_snapshot_path(&self) -> PathBuf {
@@ -563,11 +576,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let read =
             |e: &dyn std::fmt::Display| storage_io(ErrorSubject::StateMachine, ErrorVerb::Read, e);
         let rtxn = self.store.env().read_txn().map_err(|e| read(&e))?;
-        let applied: Option<LogId> = self
-            .store
-            .meta_get(&rtxn, META_APPLIED)
-            .map_err(|e| read(&e))?
-            .flatten();
+        let applied = applied_log_id(&self.store, &rtxn).map_err(|e| read(&e))?;
         let membership: StoredMembership = self
             .store
             .meta_get(&rtxn, META_MEMBERSHIP)
@@ -591,9 +600,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .covers(index)
                 .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
-        match self.hold.clone() {
-            Some(hold) => self.apply_or_hold(&hold, entries).await,
-            None => self.apply_now(entries).await,
+        let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
+        match &self.hold {
+            Some(hold) => self.apply_or_hold(hold, entries, bytes).await,
+            None => self.apply_now(entries, bytes).await,
         }
     }
 

@@ -122,21 +122,44 @@ fn put_entry(leader: u64, term: u64, index: u64, key: &str) -> openraft::Entry<T
     }
 }
 
-/// A state machine on a fresh store for server 2, holding with `limits`
-/// while `listened` is false.
-fn holding_state_machine(
-    dir: &std::path::Path,
-    limits: super::HoldLimits,
+/// A state machine on a fresh store for server 2, holding up to `entries`
+/// entries (1 MiB) for `delay` while `listened` is false.
+struct Holding {
+    _dir: tempfile::TempDir,
     listened: Arc<std::sync::atomic::AtomicBool>,
-) -> (KvStore, StateMachine) {
-    let state_env = open_env(&dir.join("state"), EnvKind::State).expect("env");
-    let kv = KvStore::open(state_env).expect("kv");
-    let sm = StateMachine::new(kv, "t".into(), dir.join("snapshots"), Arc::new(Quiet))
+    kv: KvStore,
+    sm: StateMachine,
+}
+
+impl Holding {
+    fn new(entries: usize, delay: std::time::Duration) -> Holding {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_env = open_env(&dir.path().join("state"), EnvKind::State).expect("env");
+        let kv = KvStore::open(state_env).expect("kv");
+        let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let limits = super::HoldLimits {
+            entries,
+            bytes: 1 << 20,
+            delay,
+        };
+        let flag = listened.clone();
+        let sm = StateMachine::new(
+            kv,
+            "t".into(),
+            dir.path().join("snapshots"),
+            Arc::new(Quiet),
+        )
         .expect("state machine")
         .holding(2, limits, move || {
-            listened.load(std::sync::atomic::Ordering::SeqCst)
+            flag.load(std::sync::atomic::Ordering::SeqCst)
         });
-    (kv, sm)
+        Holding {
+            _dir: dir,
+            listened,
+            kv,
+            sm,
+        }
+    }
 }
 
 fn revision(kv: &KvStore) -> i64 {
@@ -150,15 +173,13 @@ async fn a_follower_holds_other_leaders_entries_until_a_reader_or_its_own_entry_
     use openraft::RaftSnapshotBuilder;
     use std::time::{Duration, Instant};
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let limits = super::HoldLimits {
-        entries: 3,
-        bytes: 1 << 20,
-        // Longer than the test: only readers, limits and own entries release.
-        delay: Duration::from_secs(600),
-    };
-    let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (kv, mut sm) = holding_state_machine(dir.path(), limits, listened.clone());
+    // A delay longer than the test: only readers, limits and own entries release.
+    let Holding {
+        _dir,
+        listened,
+        kv,
+        mut sm,
+    } = Holding::new(3, Duration::from_secs(600));
     let visible = sm.visible();
     let soon = || Instant::now() + Duration::from_secs(10);
 
@@ -229,14 +250,9 @@ async fn held_entries_are_applied_once_their_delay_is_up() {
     use openraft::storage::RaftStateMachine;
     use std::time::Duration;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let limits = super::HoldLimits {
-        entries: 100,
-        bytes: 1 << 20,
-        delay: Duration::from_millis(50),
-    };
-    let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (kv, mut sm) = holding_state_machine(dir.path(), limits, listened);
+    let Holding {
+        _dir, kv, mut sm, ..
+    } = Holding::new(100, Duration::from_millis(50));
     sm.apply(vec![put_entry(1, 1, 1, "a")])
         .await
         .expect("apply");
