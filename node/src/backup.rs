@@ -363,6 +363,22 @@ pub fn restore(
         .map_err(|e| storage(&e))?;
     wtxn.commit().map_err(|e| storage(&e))?;
     env.force_sync().map_err(|e| storage(&e))?;
+    // The restored state is in no Raft log: until the server's first
+    // snapshot covers it, this copy is what a rebuild after a machine crash
+    // starts from (ADR 0017).
+    let snapshots = data_dir.join("snapshots");
+    std::fs::create_dir_all(&snapshots)?;
+    let tmp = snapshots.join(format!("{}.tmp", crate::raft::RESTORED_SNAPSHOT));
+    snapshot::write_snapshot(&store, &tmp, |last_log_id, last_membership| {
+        openraft::SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id: format!("restored-{}", manifest.revision),
+        }
+    })?;
+    std::fs::rename(&tmp, snapshots.join(crate::raft::RESTORED_SNAPSHOT))?;
+    crate::store::boot::sync_dir(&snapshots)?;
+    crate::store::boot::mark_synced(&data_dir.join("state"))?;
     Ok(manifest)
 }
 

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub applied_index: IntGauge,
     /// Entries of other servers' proposals held back to be applied together.
     pub entries_held: IntCounter,
+    /// Starts that rebuilt the state because the machine stopped under it.
+    pub state_rebuilds: IntCounter,
     /// Last log index.
     pub last_log_index: IntGauge,
     /// Proposals committed.
@@ -191,6 +193,10 @@ impl Metrics {
             entries_held: c(
                 "meridian_raft_entries_held_total",
                 "Entries another server proposed that this one held back, to apply several in one transaction.",
+            )?,
+            state_rebuilds: c(
+                "meridian_state_rebuilds_total",
+                "Starts of this server that rebuilt its state from the last snapshot and the Raft log, because the machine had stopped while the state held unsynced commits.",
             )?,
             last_log_index: g("meridian_raft_last_log_index", "Last Raft log index.")?,
             proposals_committed: c(

@@ -146,6 +146,8 @@ struct Inner {
     raft: Raft,
     proposer: Proposer,
     store: KvStore,
+    /// Ends the state's writes at a clean stop.
+    closer: raft::Closer,
     /// The latest applied revision, for watchers to wait on.
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
     /// Lease clocks while this server leads.
@@ -250,11 +252,36 @@ impl Node {
 
         let storage = |e: heed::Error| NodeError::Storage(e.to_string());
         let lock = store::lock_data_dir(&config.data_dir).map_err(NodeError::Storage)?;
-        let state_env =
-            store::open_env(&config.data_dir.join("state"), EnvKind::State).map_err(storage)?;
         let log_store = raft::open_log(&config.data_dir, id, Arc::new(LogMetrics(metrics.clone())))
             .map_err(NodeError::Storage)?;
+        let state_dir = config.data_dir.join("state");
+        let boot_id = store::boot::current_boot_id();
+        let verdict = store::boot::check(&state_dir, boot_id.as_deref())
+            .map_err(|e| NodeError::Storage(format!("{}: {e}", state_dir.display())))?;
+        // A state the machine may have torn is rebuilt from the last
+        // snapshot and the log (ADR 0017) before anything reads it.
+        let rebuild = match verdict {
+            store::boot::Verdict::MayBeTorn { why } => {
+                let base = raft::RebuildBase::find(&config.data_dir, &log_store)
+                    .map_err(|e| NodeError::Storage(format!("{why}, and {e}")))?;
+                base.discard(&state_dir).map_err(NodeError::Storage)?;
+                Some((why, base))
+            }
+            store::boot::Verdict::Unmarked | store::boot::Verdict::Intact => None,
+        };
+        let state_env = store::open_env(&state_dir, EnvKind::State).map_err(storage)?;
         let kv = KvStore::open(state_env)?;
+        if let Some((why, base)) = rebuild {
+            base.install(&kv).map_err(NodeError::Storage)?;
+            metrics.state_rebuilds.inc();
+            tracing::warn!(
+                server = %config.name,
+                from_log_index = base.last_log_id().map_or(0, |l| l.index),
+                "rebuilt the state from the last snapshot and the Raft log: {why}"
+            );
+        }
+        store::boot::mark_running(&state_dir, boot_id.as_deref())
+            .map_err(|e| NodeError::Storage(format!("{}: {e}", state_dir.display())))?;
         let cluster_id = match crate::backup::restored(&kv)
             .map_err(|e| NodeError::Storage(e.to_string()))?
         {
@@ -306,6 +333,7 @@ impl Node {
         .map_err(|e| NodeError::Storage(e.to_string()))?
         .after_durable(log_store.durable())
         .holding(id, raft::HoldLimits::default(), listened);
+        let closer = state_machine.closer();
         let visible = state_machine.visible();
         // From here on set by the state machine's commits (`Observer`): on a
         // follower holding entries (ADR 0016) it trails openraft's own
@@ -382,6 +410,7 @@ impl Node {
                 ),
                 raft,
                 store: kv,
+                closer,
                 revisions,
                 lessor,
                 recent: Recent::new(start_revision, RECENT_BYTES_MAX),
@@ -1157,10 +1186,17 @@ impl Node {
         postcard::to_allocvec(&response).map_err(|e| e.to_string())
     }
 
-    /// Stops Raft and the peer transport.
+    /// Stops Raft and the peer transport, and leaves the state synced and
+    /// marked so (a clean stop: the next start trusts it, ADR 0017).
     pub async fn shutdown(&self) {
         let _ = self.inner.raft.shutdown().await;
         self.inner.endpoint.shutdown().await;
+        let closer = self.inner.closer.clone();
+        let state_dir = self.inner.config.data_dir.join("state");
+        let closed = tokio::task::spawn_blocking(move || closer.close(&state_dir)).await;
+        if let Err(e) = closed.map_err(std::io::Error::other).and_then(|r| r) {
+            tracing::warn!(server = %self.inner.config.name, error = %e, "could not leave the state synced; the next start after a machine restart rebuilds it");
+        }
     }
 }
 

@@ -158,7 +158,7 @@ async fn a_backup_taken_during_writes_restores_into_a_new_datacenter_and_bad_fil
 
     // Restored into a new datacenter of three servers.
     let ports: Vec<(u16, u16)> = (0..3).map(|_| free_ports()).collect();
-    let restored = Cluster::launch_prepared(
+    let mut restored = Cluster::launch_prepared(
         Spec {
             datacenter: "test".into(),
             ports,
@@ -217,6 +217,28 @@ async fn a_backup_taken_during_writes_restores_into_a_new_datacenter_and_bad_fil
         json!((revision + 1).to_string()),
         "{v}"
     );
+    // The restored contents are in no Raft log: a power loss before the
+    // first snapshot rebuilds each server from the copy the restore kept.
+    for i in 0..3 {
+        assert!(restored
+            .data_dir(i)
+            .join("snapshots/restored.snap")
+            .is_file());
+        restored.kill(i);
+        tear_state(&restored.data_dir(i));
+    }
+    restored.restart_all().await;
+    for i in 0..3 {
+        restored.wait_applied(i, "/after").await;
+        assert!(
+            content(restored.url(i), revision).await == expected,
+            "server {i}: content differs from the source after a rebuild"
+        );
+        assert_eq!(
+            metric(restored.url(i), "meridian_state_rebuilds_total").await,
+            1.0
+        );
+    }
     // A restored data directory refuses a configuration it was not restored for.
     let out = meridian(&[
         "snapshot",

@@ -232,6 +232,11 @@ impl LogStore {
         Ok(LogStore { shared, ops })
     }
 
+    /// The last entry purged from the log (None: it starts at its first).
+    pub fn purged(&self) -> Option<LogId> {
+        lock(&self.shared.disk).meta.purged
+    }
+
     /// How far the log is durable, as it advances.
     pub fn durable(&self) -> watch::Receiver<DurableLog> {
         self.shared.durable.subscribe()
@@ -678,6 +683,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
+impl LogStore {
+    /// Appends `entries` and waits until they are durable (storage tests).
+    pub(crate) async fn append_durably(&self, entries: Vec<Entry<TypeConfig>>) {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(
+            entries,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .expect("queued");
+        rx.await.expect("answered").expect("durable");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::raft::suite::Quiet;
@@ -687,15 +708,7 @@ mod tests {
     use heed::types::{Bytes, Str, U64};
 
     async fn append(log: &LogStore, entries: Vec<Entry<TypeConfig>>) {
-        let (tx, rx) = oneshot::channel();
-        log.enqueue(
-            entries,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        )
-        .expect("queued");
-        rx.await.expect("answered").expect("durable");
+        log.append_durably(entries).await;
     }
 
     async fn ids(log: &mut LogStore) -> Vec<(u64, u64)> {

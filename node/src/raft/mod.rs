@@ -7,6 +7,7 @@ mod log_store;
 mod log_tail;
 pub(crate) mod network;
 mod proposer;
+mod rebuild;
 pub(crate) mod snapshot;
 mod state_machine;
 #[cfg(test)]
@@ -17,7 +18,9 @@ mod wal;
 pub use log_store::{DurableLog, Imported, LogObserver, LogStore};
 pub use network::{CommitBound, PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};
-pub use state_machine::{ApplyObserver, HoldLimits, LeaseGranted, StateMachine, Visible};
+pub use rebuild::RebuildBase;
+pub(crate) use rebuild::RESTORED_SNAPSHOT;
+pub use state_machine::{ApplyObserver, Closer, HoldLimits, LeaseGranted, StateMachine, Visible};
 pub(crate) use state_machine::{META_APPLIED, META_MEMBERSHIP};
 pub use types::*;
 

@@ -30,7 +30,8 @@ pub(crate) fn applied_log_id(store: &KvStore, txn: &heed::RoTxn) -> Result<Optio
         .flatten())
 }
 
-const CURRENT_SNAPSHOT: &str = "current.snap";
+/// The snapshot the state machine serves and rebuilds from, in its snapshot directory.
+pub(crate) const CURRENT_SNAPSHOT: &str = "current.snap";
 /// Batches up to this many bytes (as `network::entry_bytes` counts them) are
 /// applied on the state machine's task; larger ones on a blocking thread.
 const INLINE_APPLY_BYTES: usize = 64 * 1024;
@@ -87,6 +88,39 @@ pub struct StateMachine {
     visible: Arc<watch::Sender<u64>>,
     /// Holding back other leaders' entries, when enabled.
     hold: Option<Arc<Hold>>,
+    /// Held by every write to the state; true once [`Closer::close`] ran.
+    closed: Arc<std::sync::Mutex<bool>>,
+}
+
+/// Ends the state's writes at a clean stop, leaving it synced.
+#[derive(Clone)]
+pub struct Closer {
+    store: KvStore,
+    closed: Arc<std::sync::Mutex<bool>>,
+}
+
+impl Closer {
+    /// Waits for a write under way, refuses every later one, syncs the
+    /// environment and marks it synced in `state_dir` (`store::boot`): the
+    /// next start trusts it whatever happens to the machine meanwhile.
+    pub fn close(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        let mut closed = lock_closed(&self.closed);
+        *closed = true;
+        self.store
+            .env()
+            .force_sync()
+            .map_err(std::io::Error::other)?;
+        crate::store::boot::mark_synced(state_dir)
+    }
+}
+
+fn lock_closed(m: &std::sync::Mutex<bool>) -> std::sync::MutexGuard<'_, bool> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The error of a write attempted after [`Closer::close`].
+fn closed_error() -> KvError {
+    KvError::Storage("the server is stopping: nothing more is written to its state".into())
 }
 
 /// How much a server holds back of the entries other servers proposed.
@@ -206,7 +240,16 @@ impl StateMachine {
             durable: None,
             visible: Arc::new(watch::channel(applied.map_or(0, |id| id.index)).0),
             hold: None,
+            closed: Arc::new(std::sync::Mutex::new(false)),
         })
+    }
+
+    /// What ends this state machine's writes at a clean stop.
+    pub fn closer(&self) -> Closer {
+        Closer {
+            store: self.store,
+            closed: self.closed.clone(),
+        }
     }
 
     /// Holds back entries other servers proposed (see [`Hold`]): `me` is
@@ -263,6 +306,10 @@ impl StateMachine {
     }
 
     fn apply_blocking(&self, entries: Vec<Entry<TypeConfig>>) -> Result<AppliedBatch, KvError> {
+        let closed = lock_closed(&self.closed);
+        if *closed {
+            return Err(closed_error());
+        }
         let env = self.store.env();
         let mut wtxn = env.write_txn()?;
         let mut results = Vec::with_capacity(entries.len());
@@ -462,6 +509,17 @@ impl StateMachine {
     fn current_snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(CURRENT_SNAPSHOT)
     }
+
+    /// Makes a new current snapshot's name durable before openraft may purge
+    /// the log below it (a rebuild after a machine crash starts from it, ADR
+    /// 0017), then drops a restored backup's base, which it covers.
+    fn settle_current(&self) -> std::io::Result<()> {
+        crate::store::boot::sync_dir(&self.snapshot_dir)?;
+        match std::fs::remove_file(self.snapshot_dir.join(super::RESTORED_SNAPSHOT)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Hold {
@@ -546,6 +604,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 })?
                 .meta;
             std::fs::rename(&tmp, this.current_snapshot_path())?;
+            this.settle_current()?;
             Ok::<_, SnapshotError>(meta)
         })
         .await
@@ -643,13 +702,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let start = std::time::Instant::now();
         let installed = tokio::task::spawn_blocking(move || {
             let path = this.snapshot_dir.join(INCOMING_SNAPSHOT);
+            let closed = lock_closed(&this.closed);
+            if *closed {
+                return Err(SnapshotError::Storage(closed_error().to_string()));
+            }
             let installed = snapshot::install(&this.store, &path)?;
+            drop(closed);
             if installed.last_log_id != expected.last_log_id {
                 return Err(SnapshotError::Corrupt(
                     "snapshot header does not match the leader's meta".into(),
                 ));
             }
             std::fs::rename(&path, this.current_snapshot_path())?;
+            this.settle_current()?;
             Ok(installed)
         })
         .await

@@ -3,6 +3,8 @@
 //! over to `log/`). Each is opened once and kept for the life of the
 //! process, since heed ties table handles to it.
 
+pub mod boot;
+
 use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
 use std::path::Path;
 
@@ -95,6 +97,14 @@ pub fn defrag(data_dir: &Path) -> Result<Defragmented, String> {
     let _lock = lock_data_dir(data_dir)?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let dir = data_dir.join("state");
+    let verdict = boot::check(&dir, boot::current_boot_id().as_deref())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let boot::Verdict::MayBeTorn { why } = verdict {
+        return Err(format!(
+            "{}: {why}; start the server once (it rebuilds its state from its snapshot and log), then defragment",
+            data_dir.display()
+        ));
+    }
     let data = dir.join("data.mdb");
     let before = size(&data);
     let env = open_env(&dir, EnvKind::State).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -94,6 +94,27 @@ impl Default for RaftTuning {
     }
 }
 
+/// Leaves the stopped server's state at `data_dir` as a machine crash may:
+/// its marker written under a boot that has ended, and every page after
+/// LMDB's two meta pages never written (zeroes).
+pub fn tear_state(data_dir: &Path) {
+    let state = data_dir.join("state");
+    std::fs::write(
+        state.join("boot"),
+        "00000000-0000-0000-0000-000000000000 running\n",
+    )
+    .expect("write the marker");
+    let data = state.join("data.mdb");
+    let len = std::fs::metadata(&data).expect("data.mdb").len() as usize;
+    let mut bytes = std::fs::read(&data).expect("read data.mdb");
+    assert!(
+        len > 2 * 4096,
+        "an LMDB file holds more than its meta pages"
+    );
+    bytes[2 * 4096..].fill(0);
+    std::fs::write(&data, bytes).expect("write data.mdb");
+}
+
 impl Cluster {
     pub async fn start(size: usize) -> Cluster {
         Self::start_with(size, RaftTuning::default()).await
@@ -280,6 +301,35 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops server `i` cleanly (SIGTERM), waiting at most 30 s for it to exit.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            // SAFETY: kill(2) on the pid of a child this harness spawned and has not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "server {} did not stop within 30 s of SIGTERM; log:\n{}",
+                self.servers[i].name,
+                self.log(i)
+            );
+        }
+    }
+
+    /// The data directory of server `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.servers[i].name)
     }
 
     /// Starts server `i` again and waits until it is ready.
