@@ -269,3 +269,41 @@ async fn held_entries_are_applied_once_their_delay_is_up() {
     let (applied, _) = sm.applied_state().await.expect("state");
     assert_eq!(applied.map(|id| id.index), Some(2));
 }
+
+#[tokio::test]
+async fn a_snapshot_drops_a_restored_base_and_a_closed_state_machine_writes_nothing_more() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::RaftSnapshotBuilder;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let kv = KvStore::open(open_env(&state_dir, EnvKind::State).expect("env")).expect("kv");
+    let snapshots = dir.path().join("snapshots");
+    let mut sm = StateMachine::new(kv, "t".into(), snapshots.clone(), Arc::new(Quiet))
+        .expect("state machine");
+    let restored = snapshots.join(super::RESTORED_SNAPSHOT);
+    std::fs::write(&restored, b"a restored backup's contents").expect("write");
+
+    sm.apply(vec![put_entry(1, 1, 1, "a")])
+        .await
+        .expect("apply");
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    assert!(snapshots
+        .join(super::state_machine::CURRENT_SNAPSHOT)
+        .is_file());
+    assert!(
+        !restored.exists(),
+        "the first snapshot covers the restored base"
+    );
+
+    // A clean stop: synced, marked, and no write after it.
+    sm.closer().close(&state_dir).expect("close");
+    let marker = std::fs::read_to_string(state_dir.join("boot")).expect("marker");
+    assert!(marker.trim_end().ends_with(" synced"), "{marker:?}");
+    assert!(sm.apply(vec![put_entry(1, 1, 2, "b")]).await.is_err());
+    assert_eq!(revision(&kv), 2, "nothing applied after the close");
+}
