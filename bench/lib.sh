@@ -34,18 +34,20 @@ workload_keys() { # workload
   case $1 in range-prefix*) echo 10000 ;; *) echo 100 ;; esac
 }
 
-# Ports: etcd members on 32379+10i (client) / 32380+10i (peer);
-# Meridian servers on 42379+10i (client) / 42380+10i (QUIC).
-ETCD_URLS="http://127.0.0.1:32379,http://127.0.0.1:32389,http://127.0.0.1:32399"
-MERIDIAN_URLS="http://127.0.0.1:42379,http://127.0.0.1:42389,http://127.0.0.1:42399"
+# Ports: etcd members on 12379+10i (client) / 12380+10i (peer);
+# Meridian servers on 14379+10i (client) / 14380+10i (QUIC). All fixed ports
+# lie below the kernel's ephemeral range (32768 and up): a port there may be
+# taken as the local end of a connection of an earlier workload.
+ETCD_URLS="http://127.0.0.1:12379,http://127.0.0.1:12389,http://127.0.0.1:12399"
+MERIDIAN_URLS="http://127.0.0.1:14379,http://127.0.0.1:14389,http://127.0.0.1:14399"
 
 ETCD_PIDS=()
 start_etcd() { # $1 = data root
   mkdir -p "$1"
-  local cluster="e0=http://127.0.0.1:32380,e1=http://127.0.0.1:32390,e2=http://127.0.0.1:32400"
+  local cluster="e0=http://127.0.0.1:12380,e1=http://127.0.0.1:12390,e2=http://127.0.0.1:12400"
   ETCD_PIDS=()
   for i in 0 1 2; do
-    local c=$((32379 + 10 * i)) p=$((32380 + 10 * i))
+    local c=$((12379 + 10 * i)) p=$((12380 + 10 * i))
     # etcd defaults otherwise (fsync on, heartbeat 100 ms, election 1000 ms);
     # snapshot every 10,000 entries like Meridian's raft.snapshot_logs.
     etcd --name "e$i" --data-dir "$1/e$i" \
@@ -65,7 +67,7 @@ start_meridian() { # $1 = data root
   [ -d "$1/tls" ] || "$MERIDIAN" tls init --dir "$1/tls" --datacenter bench --names n0,n1,n2 >/dev/null
   local members=""
   for i in 0 1 2; do
-    members+="n$i = { peer = \"127.0.0.1:$((42380 + 10 * i))\", client = \"http://127.0.0.1:$((42379 + 10 * i))\" }"$'\n'
+    members+="n$i = { peer = \"127.0.0.1:$((14380 + 10 * i))\", client = \"http://127.0.0.1:$((14379 + 10 * i))\" }"$'\n'
   done
   MERIDIAN_PIDS=()
   for i in 0 1 2; do
@@ -75,8 +77,8 @@ start_meridian() { # $1 = data root
 name = "n$i"
 datacenter = "bench"
 data_dir = "$1/n$i"
-client_addr = "127.0.0.1:$((42379 + 10 * i))"
-peer_addr = "127.0.0.1:$((42380 + 10 * i))"
+client_addr = "127.0.0.1:$((14379 + 10 * i))"
+peer_addr = "127.0.0.1:$((14380 + 10 * i))"
 [initial_members]
 $members
 [tls]
