@@ -514,3 +514,63 @@ fn a_paused_lock_holder_loses_the_lock_and_its_late_write_is_fenced_off() {
     std::io::Read::read_to_string(holder.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("lock is lost"), "{stderr}");
 }
+
+/// Ctrl-C stops every server of `meridian dev` cleanly: each leaves its
+/// state synced and marked so (ADR 0017), so that a machine restart after
+/// it needs no rebuild.
+#[test]
+fn dev_stops_every_server_cleanly_on_ctrl_c() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = free_base_port();
+    let mut dev = KillOnDrop(
+        meridian()
+            .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+            .arg(data.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dev"),
+    );
+    let stdout = dev.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for _ in 0..7 {
+        lines.next().expect("a line").expect("utf-8");
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let sent = Command::new("kill")
+        .args(["-INT", &dev.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(status) = dev.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dev still runs 60 s after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let mut markers = Vec::new();
+    for dc in ["dc1", "dc2"] {
+        for server in ["n1", "n2", "n3"] {
+            let path = data.path().join(dc).join(server).join("state/boot");
+            markers.push((
+                path.clone(),
+                std::fs::read_to_string(&path).expect("marker"),
+            ));
+        }
+    }
+    for (path, marker) in markers {
+        assert!(
+            marker.trim_end().ends_with(" synced"),
+            "{}: {marker:?}",
+            path.display()
+        );
+    }
+}

@@ -166,8 +166,14 @@ pub async fn run(args: Args) -> Result<()> {
         }
     ));
     super::agent::wait_for_signal().await;
-    for r in running {
-        r.stop().await;
+    // All at once: one by one, each waited for its QUIC connections to
+    // drain while the servers still running kept calling it.
+    let stops: Vec<_> = running
+        .into_iter()
+        .map(|r| tokio::spawn(r.stop()))
+        .collect();
+    for stop in stops {
+        let _ = stop.await;
     }
     drop(temp);
     Ok(())
