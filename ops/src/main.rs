@@ -65,6 +65,10 @@ enum Command {
     Drain(cli::drain::DrainArgs),
     /// Leadership: `leader transfer` moves it to another voter.
     Leader(cli::drain::LeaderArgs),
+    /// Used by the server itself: installs a Raft snapshot into a state
+    /// directory in a process of its own (ADR 0018).
+    #[command(hide = true)]
+    InstallState(cli::install::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -82,6 +86,9 @@ fn init_logging(format: LogFormat) {
 fn main() {
     let args = Args::parse();
     init_logging(args.log_format);
+    // A server installs Raft snapshots through this same executable (even if
+    // the file on disk has been replaced by an upgrade since it started).
+    meridian_node::raft::install_in_child_processes("/proc/self/exe".into());
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = args.worker_threads {
@@ -112,6 +119,7 @@ fn main() {
             Command::Defrag(a) => cli::defrag::run(a),
             Command::Drain(a) => cli::drain::drain(a).await,
             Command::Leader(a) => cli::drain::leader(a).await,
+            Command::InstallState(a) => cli::install::run(a),
         }
     });
     if let Err(e) = result {

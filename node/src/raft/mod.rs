@@ -20,6 +20,7 @@ pub use network::{CommitBound, PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};
 pub use rebuild::RebuildBase;
 pub(crate) use rebuild::RESTORED_SNAPSHOT;
+pub use snapshot::{install_here, install_in_child_processes, INSTALL_SUBCOMMAND};
 pub use state_machine::{ApplyObserver, Closer, HoldLimits, LeaseGranted, StateMachine, Visible};
 pub(crate) use state_machine::{META_APPLIED, META_MEMBERSHIP};
 pub use types::*;

@@ -1,7 +1,7 @@
 //! Raft snapshots of the state machine: every row of the `state/` tables,
 //! read in one LMDB read transaction (writers keep going meanwhile) and
 //! written to a file; installing one replaces the tables in one write
-//! transaction. Format: magic, header (openraft's snapshot meta), rows
+//! transaction, which a server runs in a child process (ADR 0018). Format: magic, header (openraft's snapshot meta), rows
 //! (table index, key, value), end marker, row count and an FNV-1a checksum.
 
 use super::types::Member;
@@ -231,9 +231,72 @@ pub(crate) fn known_table(table: u8, _: &[u8], _: &[u8]) -> Result<(), SnapshotE
     Ok(())
 }
 
+/// The program that installs snapshots for this process, if it does not do
+/// so itself (see [`install_in_child_processes`]).
+static INSTALLER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The subcommand of the installer program, followed by the state
+/// directory and the snapshot file.
+pub const INSTALL_SUBCOMMAND: &str = "install-state";
+
+/// Has every later [`install`] in this process run as `program install-state
+/// STATE_DIR FILE` (see [`install_here`]), a short-lived process of its own.
+///
+/// LMDB keeps the pages a write transaction dirtied, once freed, for the
+/// environment's later transactions until it is closed, and an install is
+/// one transaction over the whole state: installed in the server's own
+/// process, a snapshot left that much memory held for good (ADR 0018). A
+/// child opens the same environment (LMDB serves several processes through
+/// its lock file), commits, syncs and exits, which frees it all; readers in
+/// the server see the old state until the commit and the new one after.
+pub fn install_in_child_processes(program: std::path::PathBuf) {
+    let _ = INSTALLER.set(program);
+}
+
+/// The installer program's work: installs the snapshot `file` into the state
+/// environment in `state_dir` (whose server waits meanwhile) and syncs it.
+pub fn install_here(
+    state_dir: &Path,
+    file: &Path,
+) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
+    let storage = |e: &dyn std::fmt::Display| SnapshotError::Storage(e.to_string());
+    let env =
+        crate::store::open_env(state_dir, crate::store::EnvKind::State).map_err(|e| storage(&e))?;
+    let store = KvStore::open(env).map_err(|e| storage(&e))?;
+    install_in_process(&store, file)
+}
+
 /// Replaces the contents of `store` with the snapshot at `path`, in one write
-/// transaction, after verifying the whole file.
+/// transaction, after verifying the whole file; in a child process if this
+/// process was set up so ([`install_in_child_processes`]).
 pub fn install(store: &KvStore, path: &Path) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
+    let Some(program) = INSTALLER.get() else {
+        return install_in_process(store, path);
+    };
+    let out = std::process::Command::new(program)
+        .arg(INSTALL_SUBCOMMAND)
+        .arg(store.env().path())
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(SnapshotError::Storage(format!(
+            "installing {} ({}): {}",
+            path.display(),
+            out.status,
+            why.trim()
+        )));
+    }
+    read_meta(path)
+}
+
+fn install_in_process(
+    store: &KvStore,
+    path: &Path,
+) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
     verify(path)?;
     install_from(store, || {
         Ok(BufReader::with_capacity(

@@ -8,6 +8,7 @@ pub mod defrag;
 pub mod dev;
 pub mod drain;
 pub mod federation;
+pub mod install;
 pub mod kv;
 pub mod member;
 pub mod service;
