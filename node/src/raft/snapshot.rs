@@ -273,14 +273,22 @@ pub fn install(store: &KvStore, path: &Path) -> Result<SnapshotMeta<u64, Member>
     let Some(program) = INSTALLER.get() else {
         return install_in_process(store, path);
     };
-    let out = std::process::Command::new(program)
+    let out = match std::process::Command::new(program)
         .arg(INSTALL_SUBCOMMAND)
         .arg(store.env().path())
         .arg(path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .output()?;
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            // No child to be had (e.g. no /proc): the install itself matters more.
+            tracing::warn!(program = %program.display(), error = %e, "cannot start the snapshot installer; installing in this process");
+            return install_in_process(store, path);
+        }
+    };
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
         return Err(SnapshotError::Storage(format!(
@@ -347,6 +355,35 @@ mod tests {
         w.apply(&cmd).expect("apply");
         w.finish().expect("finish");
         wtxn.commit().expect("commit");
+    }
+
+    #[test]
+    fn an_installer_that_cannot_be_started_leaves_the_install_to_this_process() {
+        // (Process-wide: other installs in these tests take the same path,
+        // which installs in process as they would without it.)
+        install_in_child_processes("/nonexistent/meridian".into());
+        let (_a_dir, a) = store();
+        apply(
+            &a,
+            Command::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }),
+        );
+        let file = tempfile::NamedTempFile::new().expect("file");
+        write_snapshot(&a, file.path(), |last_log_id, last_membership| {
+            SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id: "t".into(),
+            }
+        })
+        .expect("write");
+        let (_b_dir, b) = store();
+        install(&b, file.path()).expect("install");
+        let rtxn = b.env().read_txn().expect("txn");
+        assert_eq!(b.revision(&rtxn).expect("read"), 2);
     }
 
     #[test]
