@@ -269,10 +269,21 @@ impl Node {
             }
             store::boot::Verdict::Unmarked | store::boot::Verdict::Intact => None,
         };
+        // Marked as written under this boot before anything commits to it;
+        // a rebuilt state only once the rebuild is complete, so that a crash
+        // during it leads to another.
+        let mark_running = || {
+            store::boot::mark_running(&state_dir, boot_id.as_deref())
+                .map_err(|e| NodeError::Storage(format!("{}: {e}", state_dir.display())))
+        };
+        if rebuild.is_none() {
+            mark_running()?;
+        }
         let state_env = store::open_env(&state_dir, EnvKind::State).map_err(storage)?;
         let kv = KvStore::open(state_env)?;
         if let Some((why, base)) = rebuild {
             base.install(&kv).map_err(NodeError::Storage)?;
+            mark_running()?;
             metrics.state_rebuilds.inc();
             tracing::warn!(
                 server = %config.name,
@@ -280,8 +291,6 @@ impl Node {
                 "rebuilt the state from the last snapshot and the Raft log: {why}"
             );
         }
-        store::boot::mark_running(&state_dir, boot_id.as_deref())
-            .map_err(|e| NodeError::Storage(format!("{}: {e}", state_dir.display())))?;
         let cluster_id = match crate::backup::restored(&kv)
             .map_err(|e| NodeError::Storage(e.to_string()))?
         {
