@@ -357,6 +357,20 @@ mod tests {
         wtxn.commit().expect("commit");
     }
 
+    /// A snapshot of `store` in a temporary file.
+    fn snapshot_of(store: &KvStore) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("file");
+        write_snapshot(store, file.path(), |last_log_id, last_membership| {
+            SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id: "t".into(),
+            }
+        })
+        .expect("write");
+        file
+    }
+
     #[test]
     fn an_installer_that_cannot_be_started_leaves_the_install_to_this_process() {
         // (Process-wide: other installs in these tests take the same path,
@@ -371,15 +385,7 @@ mod tests {
                 ..Default::default()
             }),
         );
-        let file = tempfile::NamedTempFile::new().expect("file");
-        write_snapshot(&a, file.path(), |last_log_id, last_membership| {
-            SnapshotMeta {
-                last_log_id,
-                last_membership,
-                snapshot_id: "t".into(),
-            }
-        })
-        .expect("write");
+        let file = snapshot_of(&a);
         let (_b_dir, b) = store();
         install(&b, file.path()).expect("install");
         let rtxn = b.env().read_txn().expect("txn");
@@ -399,15 +405,7 @@ mod tests {
                 ..Default::default()
             }),
         );
-        let file = tempfile::NamedTempFile::new().expect("file");
-        write_snapshot(&a, file.path(), |last_log_id, last_membership| {
-            SnapshotMeta {
-                last_log_id,
-                last_membership,
-                snapshot_id: "t".into(),
-            }
-        })
-        .expect("write");
+        let file = snapshot_of(&a);
         let (_b_dir, b) = store();
         install(&b, file.path()).expect("install");
         let rtxn = b.env().read_txn().expect("txn");
