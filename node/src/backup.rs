@@ -377,7 +377,7 @@ pub fn restore(
         }
     })?;
     std::fs::rename(&tmp, snapshots.join(crate::raft::RESTORED_SNAPSHOT))?;
-    crate::store::boot::sync_dir(&snapshots)?;
+    crate::store::sync_dir(&snapshots)?;
     crate::store::boot::mark_synced(&data_dir.join("state"))?;
     Ok(manifest)
 }

@@ -584,7 +584,7 @@ impl Writer<'_> {
                     wal::remove(&self.shared.dir, *seq)?;
                 }
                 if !gone.is_empty() {
-                    wal::sync_dir(&self.shared.dir)?;
+                    crate::store::sync_dir(&self.shared.dir)?;
                 }
             }
         }

@@ -514,7 +514,7 @@ impl StateMachine {
     /// the log below it (a rebuild after a machine crash starts from it, ADR
     /// 0017), then drops a restored backup's base, which it covers.
     fn settle_current(&self) -> std::io::Result<()> {
-        crate::store::boot::sync_dir(&self.snapshot_dir)?;
+        crate::store::sync_dir(&self.snapshot_dir)?;
         match std::fs::remove_file(self.snapshot_dir.join(super::RESTORED_SNAPSHOT)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -160,11 +160,6 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.log"))
 }
 
-/// Makes the directory's entries (a segment created or deleted) durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// A segment as found on disk.
 pub(crate) struct Segment {
     pub file: Arc<File>,
@@ -375,7 +370,7 @@ impl Active {
         self.file.sync_all()?;
         let path = segment_path(dir, self.seq);
         std::fs::rename(path.with_extension("tmp"), &path)?;
-        sync_dir(dir)
+        crate::store::sync_dir(dir)
     }
 
     /// Bytes written to the segment so far.

@@ -102,12 +102,7 @@ fn write_marker(state_dir: &Path, text: &str) -> io::Result<()> {
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, state_dir.join(MARKER))?;
-    sync_dir(state_dir)
-}
-
-/// Makes the directory entries of `dir` (creations, renames) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    super::sync_dir(state_dir)
 }
 
 #[cfg(test)]

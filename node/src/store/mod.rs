@@ -42,6 +42,12 @@ pub fn open_env(dir: &Path, kind: EnvKind) -> Result<&'static Env<WithoutTls>, h
     Ok(Box::leak(Box::new(env)))
 }
 
+/// Makes the entries of directory `dir` (files created, renamed or
+/// deleted) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Bytes of the environment's data file in use (the high-water mark of its pages).
 pub fn used_bytes(env: &Env<WithoutTls>) -> u64 {
     let info = env.info();
@@ -119,9 +125,7 @@ pub fn defrag(data_dir: &Path) -> Result<Defragmented, String> {
     // rename swaps the directory entry, which is what the next server
     // start opens.
     std::fs::rename(&copy, &data).map_err(|e| format!("{}: {e}", data.display()))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    let _ = sync_dir(&dir);
     let after = size(&data);
     Ok(Defragmented { before, after })
 }
