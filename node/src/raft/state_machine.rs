@@ -118,9 +118,16 @@ fn lock_closed(m: &std::sync::Mutex<bool>) -> std::sync::MutexGuard<'_, bool> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The error of a write attempted after [`Closer::close`].
-fn closed_error() -> KvError {
-    KvError::Storage("the server is stopping: nothing more is written to its state".into())
+/// Held while writing to the state, so that [`Closer::close`] waits for the
+/// write; an error once it has run.
+fn writing(closed: &std::sync::Mutex<bool>) -> Result<std::sync::MutexGuard<'_, bool>, KvError> {
+    let guard = lock_closed(closed);
+    if *guard {
+        return Err(KvError::Storage(
+            "the server is stopping: nothing more is written to its state".into(),
+        ));
+    }
+    Ok(guard)
 }
 
 /// How much a server holds back of the entries other servers proposed.
@@ -306,10 +313,7 @@ impl StateMachine {
     }
 
     fn apply_blocking(&self, entries: Vec<Entry<TypeConfig>>) -> Result<AppliedBatch, KvError> {
-        let closed = lock_closed(&self.closed);
-        if *closed {
-            return Err(closed_error());
-        }
+        let _writing = writing(&self.closed)?;
         let env = self.store.env();
         let mut wtxn = env.write_txn()?;
         let mut results = Vec::with_capacity(entries.len());
@@ -702,12 +706,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let start = std::time::Instant::now();
         let installed = tokio::task::spawn_blocking(move || {
             let path = this.snapshot_dir.join(INCOMING_SNAPSHOT);
-            let closed = lock_closed(&this.closed);
-            if *closed {
-                return Err(SnapshotError::Storage(closed_error().to_string()));
-            }
+            let writing =
+                writing(&this.closed).map_err(|e| SnapshotError::Storage(e.to_string()))?;
             let installed = snapshot::install(&this.store, &path)?;
-            drop(closed);
+            drop(writing);
             if installed.last_log_id != expected.last_log_id {
                 return Err(SnapshotError::Corrupt(
                     "snapshot header does not match the leader's meta".into(),
