@@ -218,7 +218,7 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
 fn worker_threads_sets_how_many_threads_serve() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     for n in [1, 3] {
-        let (_child, lines) = start_dev_with(&["--worker-threads", &n.to_string()], 3);
+        let (_child, lines) = start_dev_with(&["--worker-threads", &n.to_string()], &[], 3);
         let metrics = rt.block_on(async {
             let url = format!("{}/metrics", client_url(&lines[0]));
             let mut text = String::new();
@@ -262,16 +262,18 @@ fn client_url(line: &str) -> String {
 
 /// Starts `meridian dev` on free ports; returns the child and its first `n` lines.
 fn start_dev_lines(n: usize) -> (KillOnDrop, Vec<String>) {
-    start_dev_with(&[], n)
+    start_dev_with(&[], &[], n)
 }
 
-/// [`start_dev_lines`] with `options` before the subcommand.
-fn start_dev_with(options: &[&str], n: usize) -> (KillOnDrop, Vec<String>) {
+/// [`start_dev_lines`] with `options` before the subcommand and `dev_args`
+/// after it.
+fn start_dev_with(options: &[&str], dev_args: &[&str], n: usize) -> (KillOnDrop, Vec<String>) {
     let base = free_base_port();
     let mut child = KillOnDrop(
         meridian()
             .args(options)
             .args(["dev", "--base-port", &base.to_string()])
+            .args(dev_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -523,23 +525,8 @@ fn a_paused_lock_holder_loses_the_lock_and_its_late_write_is_fenced_off() {
 #[test]
 fn dev_stops_every_server_cleanly_on_ctrl_c() {
     let data = tempfile::tempdir().expect("tempdir");
-    let base = free_base_port();
-    let mut dev = KillOnDrop(
-        meridian()
-            .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
-            .arg(data.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn dev"),
-    );
-    let stdout = dev.0.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    for _ in 0..7 {
-        lines.next().expect("a line").expect("utf-8");
-    }
-    std::thread::spawn(move || lines.for_each(drop));
+    let dir = data.path().to_str().expect("utf-8 path");
+    let (mut dev, _lines) = start_dev_with(&[], &["--data-dir", dir], 7);
 
     let sent = Command::new("kill")
         .args(["-INT", &dev.0.id().to_string()])
