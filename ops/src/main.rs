@@ -67,7 +67,7 @@ enum Command {
     Leader(cli::drain::LeaderArgs),
     /// Used by the server itself: installs a Raft snapshot into a state
     /// directory in a process of its own (ADR 0018).
-    #[command(hide = true)]
+    #[command(hide = true, name = meridian_node::raft::INSTALL_SUBCOMMAND)]
     InstallState(cli::install::Args),
 }
 

@@ -1,8 +1,9 @@
 //! Raft snapshots of the state machine: every row of the `state/` tables,
 //! read in one LMDB read transaction (writers keep going meanwhile) and
 //! written to a file; installing one replaces the tables in one write
-//! transaction, which a server runs in a child process (ADR 0018). Format: magic, header (openraft's snapshot meta), rows
-//! (table index, key, value), end marker, row count and an FNV-1a checksum.
+//! transaction, which a server runs in a child process (ADR 0018).
+//! Format: magic, header (openraft's snapshot meta), rows (table index, key,
+//! value), end marker, row count and an FNV-1a checksum.
 
 use super::types::Member;
 use crate::kv::KvStore;
@@ -260,6 +261,13 @@ pub fn install_here(
     file: &Path,
 ) -> Result<SnapshotMeta<u64, Member>, SnapshotError> {
     let storage = |e: &dyn std::fmt::Display| SnapshotError::Storage(e.to_string());
+    // A server's environment, never a new one made here by mistake.
+    if !state_dir.join("data.mdb").is_file() {
+        return Err(storage(&format!(
+            "{} holds no state environment",
+            state_dir.display()
+        )));
+    }
     let env =
         crate::store::open_env(state_dir, crate::store::EnvKind::State).map_err(|e| storage(&e))?;
     let store = KvStore::open(env).map_err(|e| storage(&e))?;
