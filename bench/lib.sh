@@ -29,25 +29,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Keys a workload prepares: the prefix ranges read 10,000.
+# Keys a workload prepares: the prefix ranges read PREFIX_KEYS (10,000).
+PREFIX_KEYS=${PREFIX_KEYS:-10000}
 workload_keys() { # workload
-  case $1 in range-prefix*) echo 10000 ;; *) echo 100 ;; esac
+  case $1 in range-prefix*) echo "$PREFIX_KEYS" ;; *) echo 100 ;; esac
 }
 
-# Ports: etcd members on 12379+10i (client) / 12380+10i (peer);
-# Meridian servers on 14379+10i (client) / 14380+10i (QUIC). All fixed ports
-# lie below the kernel's ephemeral range (32768 and up): a port there may be
-# taken as the local end of a connection of an earlier workload.
-ETCD_URLS="http://127.0.0.1:12379,http://127.0.0.1:12389,http://127.0.0.1:12399"
-MERIDIAN_URLS="http://127.0.0.1:14379,http://127.0.0.1:14389,http://127.0.0.1:14399"
+# Ports, all from PORT_BASE (12379 unless set): etcd members on BASE+10i
+# (client) / BASE+10i+1 (peer); Meridian servers on BASE+2000+10i (client) /
+# BASE+2000+10i+1 (QUIC); bench/run's mirror pairs on BASE+1000 (etcd) and
+# BASE+3000 (Meridian). The default block lies below the kernel's ephemeral
+# range (32768 and up): a port there may be taken as the local end of a
+# connection of an earlier workload.
+PORT_BASE=${PORT_BASE:-12379}
+ETCD_PORT=$PORT_BASE
+MERIDIAN_PORT=$((PORT_BASE + 2000))
+ETCD_URLS="http://127.0.0.1:$ETCD_PORT,http://127.0.0.1:$((ETCD_PORT + 10)),http://127.0.0.1:$((ETCD_PORT + 20))"
+MERIDIAN_URLS="http://127.0.0.1:$MERIDIAN_PORT,http://127.0.0.1:$((MERIDIAN_PORT + 10)),http://127.0.0.1:$((MERIDIAN_PORT + 20))"
 
 ETCD_PIDS=()
 start_etcd() { # $1 = data root
   mkdir -p "$1"
-  local cluster="e0=http://127.0.0.1:12380,e1=http://127.0.0.1:12390,e2=http://127.0.0.1:12400"
+  local cluster="e0=http://127.0.0.1:$((ETCD_PORT + 1)),e1=http://127.0.0.1:$((ETCD_PORT + 11)),e2=http://127.0.0.1:$((ETCD_PORT + 21))"
   ETCD_PIDS=()
   for i in 0 1 2; do
-    local c=$((12379 + 10 * i)) p=$((12380 + 10 * i))
+    local c=$((ETCD_PORT + 10 * i)) p=$((ETCD_PORT + 10 * i + 1))
     # etcd defaults otherwise (fsync on, heartbeat 100 ms, election 1000 ms);
     # snapshot every 10,000 entries like Meridian's raft.snapshot_logs.
     etcd --name "e$i" --data-dir "$1/e$i" \
@@ -67,7 +73,7 @@ start_meridian() { # $1 = data root
   [ -d "$1/tls" ] || "$MERIDIAN" tls init --dir "$1/tls" --datacenter bench --names n0,n1,n2 >/dev/null
   local members=""
   for i in 0 1 2; do
-    members+="n$i = { peer = \"127.0.0.1:$((14380 + 10 * i))\", client = \"http://127.0.0.1:$((14379 + 10 * i))\" }"$'\n'
+    members+="n$i = { peer = \"127.0.0.1:$((MERIDIAN_PORT + 10 * i + 1))\", client = \"http://127.0.0.1:$((MERIDIAN_PORT + 10 * i))\" }"$'\n'
   done
   MERIDIAN_PIDS=()
   for i in 0 1 2; do
@@ -77,8 +83,8 @@ start_meridian() { # $1 = data root
 name = "n$i"
 datacenter = "bench"
 data_dir = "$1/n$i"
-client_addr = "127.0.0.1:$((14379 + 10 * i))"
-peer_addr = "127.0.0.1:$((14380 + 10 * i))"
+client_addr = "127.0.0.1:$((MERIDIAN_PORT + 10 * i))"
+peer_addr = "127.0.0.1:$((MERIDIAN_PORT + 10 * i + 1))"
 [initial_members]
 $members
 [tls]
