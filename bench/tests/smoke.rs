@@ -103,8 +103,23 @@ fn the_file(dir: &Path, ext: &str) -> PathBuf {
     found[0].clone()
 }
 
+/// Fails clearly when a program the run needs is missing (bench/run would
+/// install etcd itself when run as root; a test should not).
+fn require(program: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "{program} is missing: the benchmark's smoke run needs etcd 3.4, etcdctl \
+         and curl (Debian etcd-server, etcd-client, curl; .ci/run installs them)"
+    );
+}
+
 #[test]
 fn bench_run_quick_measures_every_workload_on_both_systems() {
+    for program in ["etcd", "etcdctl", "curl"] {
+        require(program);
+    }
     let scratch = tempfile::tempdir().expect("scratch directory");
     let results = scratch.path().join("results");
     let log_path = scratch.path().join("run.log");
