@@ -38,6 +38,36 @@ struct Record {
     value: Vec<u8>,
 }
 
+/// A `kv` row read in place: the same encoding as [`Record`], with the
+/// value borrowed from the row (LMDB's page) instead of copied, so that a
+/// reader that does not want the value (keys-only and count-only ranges,
+/// the tombstone checks) never copies it, and one that does copies it once.
+#[derive(Debug, Deserialize)]
+struct RecordRef<'a> {
+    tombstone: bool,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    value: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    fn to_kv(&self, key: Vec<u8>, mod_revision: i64, with_value: bool) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision,
+            version: self.version,
+            value: if with_value {
+                self.value.to_vec()
+            } else {
+                Vec::new()
+            },
+            lease: self.lease,
+        }
+    }
+}
+
 /// Handles on the key-value tables of one environment.
 #[derive(Clone, Copy)]
 pub struct KvStore {
@@ -447,15 +477,19 @@ impl KvStore {
             },
         );
         // Rows of one key are adjacent and ascending by revision: remember the
-        // newest row at or below `rev` and emit it when the key changes.
-        let mut group: Option<(Vec<u8>, i64, Vec<u8>)> = None; // (escaped key, mod revision, row bytes)
-        let emit = |group: Option<(Vec<u8>, i64, Vec<u8>)>, visit: &mut F| -> Result<(), KvError> {
+        // newest row at or below `rev` and emit it when the key changes. The
+        // rows stay in LMDB's pages (valid for the transaction): a key is
+        // unescaped and a value copied only for a visitor that asks.
+        let mut group: Option<(&[u8], i64, &[u8])> = None; // (escaped key, mod revision, row bytes)
+        let emit = |group: Option<(&[u8], i64, &[u8])>, visit: &mut F| -> Result<(), KvError> {
             if let Some((escaped, main, row)) = group {
-                let record: Record = decode(&row)?;
+                let record: RecordRef = decode(row)?;
                 if !record.tombstone {
-                    let user_key = unescape_key(&escaped)
-                        .ok_or_else(|| KvError::Storage("bad key encoding".into()))?;
-                    visit(&|with_value| Ok(to_kv(user_key.clone(), main, &record, with_value)))?;
+                    visit(&|with_value| {
+                        let user_key = unescape_key(escaped)
+                            .ok_or_else(|| KvError::Storage("bad key encoding".into()))?;
+                        Ok(record.to_kv(user_key, main, with_value))
+                    })?;
                 }
             }
             Ok(())
@@ -464,15 +498,12 @@ impl KvStore {
             let (row_key, row) = item?;
             let (escaped, main, _sub) =
                 split_row_key(row_key).ok_or_else(|| KvError::Storage("bad row key".into()))?;
-            let same_key = group
-                .as_ref()
-                .is_some_and(|(g, _, _)| g.as_slice() == escaped);
+            let same_key = group.is_some_and(|(g, _, _)| g == escaped);
             if !same_key {
                 emit(group.take(), &mut visit)?;
-                group = None;
             }
             if main <= rev {
-                group = Some((escaped.to_vec(), main, row.to_vec()));
+                group = Some((escaped, main, row));
             } else if !same_key {
                 // First row of this key is above rev: the key did not exist at rev yet.
                 group = None;
@@ -493,26 +524,11 @@ impl KvStore {
         if escaped != &probe[..probe.len() - 12] {
             return Ok(None);
         }
-        let record: Record = decode(row)?;
+        let record: RecordRef = decode(row)?;
         if record.tombstone {
             return Ok(None);
         }
-        Ok(Some(to_kv(key.to_vec(), main, &record, true)))
-    }
-}
-
-fn to_kv(key: Vec<u8>, mod_revision: i64, record: &Record, with_value: bool) -> KeyValue {
-    KeyValue {
-        key,
-        create_revision: record.create_revision,
-        mod_revision,
-        version: record.version,
-        value: if with_value {
-            record.value.clone()
-        } else {
-            Vec::new()
-        },
-        lease: record.lease,
+        Ok(Some(record.to_kv(key.to_vec(), main, true)))
     }
 }
 

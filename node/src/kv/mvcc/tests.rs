@@ -651,3 +651,38 @@ fn a_failed_txn_leaves_no_lease_attachment_behind() {
     let rtxn = s.env().read_txn().unwrap();
     assert!(s.lease_keys(&rtxn, 1).unwrap().is_empty());
 }
+
+#[test]
+fn a_row_read_in_place_decodes_what_a_record_encodes() {
+    // Readers borrow the value from the row (RecordRef); writers encode a
+    // Record: both must agree on the bytes, for every value length class.
+    for value in [Vec::new(), b"v".to_vec(), vec![7u8; 300], vec![0u8; 70_000]] {
+        let record = Record {
+            tombstone: false,
+            create_revision: 123_456_789,
+            version: 42,
+            lease: -7,
+            value: value.clone(),
+        };
+        let bytes = encode(&record).unwrap();
+        let read: RecordRef = decode(&bytes).unwrap();
+        assert!(!read.tombstone);
+        assert_eq!(
+            (read.create_revision, read.version, read.lease),
+            (123_456_789, 42, -7)
+        );
+        assert_eq!(read.value, value.as_slice());
+        let kv = read.to_kv(b"k".to_vec(), 9, false);
+        assert!(kv.value.is_empty());
+        assert_eq!(read.to_kv(b"k".to_vec(), 9, true).value, value);
+    }
+    let tomb = encode(&Record {
+        tombstone: true,
+        create_revision: 0,
+        version: 0,
+        lease: 0,
+        value: Vec::new(),
+    })
+    .unwrap();
+    assert!(decode::<RecordRef>(&tomb).unwrap().tombstone);
+}
