@@ -29,7 +29,7 @@ const META_COMPACTED: &str = "compacted";
 const META_KEYS: &str = "keys";
 
 /// One `kv` row: the key's state as of the row's revision.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Record {
     tombstone: bool,
     create_revision: i64,
@@ -38,10 +38,11 @@ struct Record {
     value: Vec<u8>,
 }
 
-/// A `kv` row read in place: the same encoding as [`Record`], with the
-/// value borrowed from the row (LMDB's page) instead of copied, so that a
-/// reader that does not want the value (keys-only and count-only ranges,
-/// the tombstone checks) never copies it, and one that does copies it once.
+/// A `kv` row read in place: the same encoding as [`Record`] (which only
+/// writers build), with the value borrowed from the row (LMDB's page)
+/// instead of copied, so that a reader that does not want the value
+/// (keys-only and count-only ranges, the tombstone checks) never copies it,
+/// and one that does copies it once.
 #[derive(Debug, Deserialize)]
 struct RecordRef<'a> {
     tombstone: bool,
@@ -226,7 +227,7 @@ impl KvStore {
         let mut lower = this_row.clone();
         push_rev(&mut this_row, main, sub);
         push_rev(&mut lower, 0, 0);
-        let record: Record = match self.kv.get(txn, &this_row)? {
+        let record: RecordRef = match self.kv.get(txn, &this_row)? {
             Some(bytes) => decode(bytes)?,
             None => return Err(KvError::Storage("change without its row".into())),
         };
@@ -245,15 +246,8 @@ impl KvStore {
                 let (row, bytes) = item?;
                 let (_, pmain, _) = super::encoding::split_row_key(row)
                     .ok_or_else(|| KvError::Storage("bad row key".into()))?;
-                let r: Record = decode(bytes)?;
-                (!r.tombstone).then(|| KeyValue {
-                    key: key.to_vec(),
-                    create_revision: r.create_revision,
-                    mod_revision: pmain,
-                    version: r.version,
-                    value: r.value,
-                    lease: r.lease,
-                })
+                let r: RecordRef = decode(bytes)?;
+                (!r.tombstone).then(|| r.to_kv(key.to_vec(), pmain, true))
             }
             None => None,
         };
@@ -270,14 +264,7 @@ impl KvStore {
         } else {
             Event {
                 kind: EventKind::Put,
-                kv: KeyValue {
-                    key: key.to_vec(),
-                    create_revision: record.create_revision,
-                    mod_revision: main,
-                    version: record.version,
-                    value: record.value,
-                    lease: record.lease,
-                },
+                kv: record.to_kv(key.to_vec(), main, true),
                 prev_kv: prev,
             }
         })
@@ -821,11 +808,11 @@ impl<'t, 'e> KvWriter<'t, 'e> {
             );
             self.store.kv.delete_range(self.txn, &older)?;
             if main < revision {
-                let record: Option<Record> = match self.store.kv.get(self.txn, &this_row)? {
-                    Some(bytes) => Some(decode(bytes)?),
-                    None => None,
+                let tombstone = match self.store.kv.get(self.txn, &this_row)? {
+                    Some(bytes) => decode::<RecordRef>(bytes)?.tombstone,
+                    None => false,
                 };
-                if record.is_some_and(|r| r.tombstone) {
+                if tombstone {
                     self.store.kv.delete(self.txn, &this_row)?;
                 }
                 self.store.changes.delete(self.txn, &rev)?;
