@@ -12,28 +12,39 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
+    let stop = StopSignals::listen()?;
     let config = crate::config::load(&args.config)?;
     let running = crate::server::start(config.node, config.federation).await?;
     tracing::info!(name = %running.node.config().name, datacenter = %running.node.config().datacenter, "server started");
-    wait_for_signal().await;
+    stop.wait().await;
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from the moment this is made:
+/// a signal that arrives while servers are still starting, or right after
+/// they said so, ends the wait instead of killing the process uncleanly.
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts listening.
+    pub fn listen() -> Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either signal (at once if one came already).
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

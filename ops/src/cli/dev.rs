@@ -38,6 +38,7 @@ pub struct Args {
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 
 pub async fn run(args: Args) -> Result<()> {
+    let stop = super::agent::StopSignals::listen()?;
     let dcs = args.dcs as u32;
     if u32::from(args.base_port) + 100 * (dcs - 1) + 21 > u32::from(u16::MAX) {
         anyhow::bail!(
@@ -165,7 +166,7 @@ pub async fn run(args: Args) -> Result<()> {
             ""
         }
     ));
-    super::agent::wait_for_signal().await;
+    stop.wait().await;
     // All at once: one by one, each waited for its QUIC connections to
     // drain while the servers still running kept calling it.
     let stops: Vec<_> = running
