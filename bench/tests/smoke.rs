@@ -205,4 +205,10 @@ fn bench_run_quick_measures_every_workload_on_both_systems() {
     let markdown = std::fs::read_to_string(the_file(&results, "md")).expect("report");
     assert!(markdown.contains("| put | 64 | closed |"), "{markdown}");
     assert!(markdown.contains("fsync_floor_ms"), "{markdown}");
+    // The disk the figures came from: device, size and filesystem.
+    let disk = summary["meta"]["disk"].as_str().expect("disk in meta");
+    assert!(
+        disk.contains("), "),
+        "no filesystem in the disk line: {disk}"
+    );
 }
