@@ -434,14 +434,8 @@ impl KvStore {
         F: FnMut(&dyn Fn(bool) -> Result<KeyValue, KvError>) -> Result<(), KvError>,
     {
         if range_end.is_empty() {
-            if let Some(kv) = self.get_at(txn, key, rev)? {
-                visit(&|with_value| {
-                    let mut kv = kv.clone();
-                    if !with_value {
-                        kv.value.clear();
-                    }
-                    Ok(kv)
-                })?;
+            if let Some((main, record)) = self.row_at(txn, key, rev)? {
+                visit(&|with_value| Ok(record.to_kv(key.to_vec(), main, with_value)))?;
             }
             return Ok(());
         }
@@ -502,6 +496,18 @@ impl KvStore {
 
     /// The key's state at `rev`, if it was live then. One backwards seek.
     fn get_at(&self, txn: &RoTxn, key: &[u8], rev: i64) -> Result<Option<KeyValue>, KvError> {
+        Ok(self
+            .row_at(txn, key, rev)?
+            .map(|(main, record)| record.to_kv(key.to_vec(), main, true)))
+    }
+
+    /// The key's row live at `rev`, read in place, with its mod revision.
+    fn row_at<'t>(
+        &self,
+        txn: &'t RoTxn,
+        key: &[u8],
+        rev: i64,
+    ) -> Result<Option<(i64, RecordRef<'t>)>, KvError> {
         let probe = row_key(key, rev, u32::MAX);
         let Some((found, row)) = self.kv.get_lower_than_or_equal_to(txn, &probe)? else {
             return Ok(None);
@@ -515,7 +521,7 @@ impl KvStore {
         if record.tombstone {
             return Ok(None);
         }
-        Ok(Some(record.to_kv(key.to_vec(), main, true)))
+        Ok(Some((main, record)))
     }
 }
 
