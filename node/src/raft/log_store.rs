@@ -37,7 +37,7 @@
 
 use super::log_tail::LogTail;
 use super::types::{storage_io, LogId, StorageError, TypeConfig};
-use super::wal::{self, Active, Loc, LogMeta, Record};
+use super::wal::{self, Active, Loc, LogMeta, Record, RECORD_OVERHEAD};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, Vote};
 use std::collections::BTreeMap;
@@ -520,9 +520,13 @@ impl Writer<'_> {
     }
 
     fn append(&mut self, appends: &Appends) -> io::Result<()> {
-        let mut buf = Vec::new();
-        let mut at = Vec::new();
-        for (id, bytes) in appends.iter().flat_map(|(entries, _)| entries) {
+        let entries = appends.iter().flat_map(|(entries, _)| entries);
+        // Each record adds a head, a kind and a log id of a few bytes; the
+        // committed index may be carried after them (`carry_committed`).
+        let bytes: usize = entries.clone().map(|(_, b)| b.len() + RECORD_OVERHEAD).sum();
+        let mut buf = Vec::with_capacity(bytes + RECORD_OVERHEAD);
+        let mut at = Vec::with_capacity(entries.clone().count());
+        for (id, bytes) in entries {
             let offset = wal::encode(&Record::Entry(*id, bytes), &mut buf)?;
             at.push((*id, offset as u64, bytes.len() as u32));
         }
@@ -530,7 +534,11 @@ impl Writer<'_> {
         let (segment, base) = self.write_durably(buf, upto)?;
         let mut disk = lock(&self.shared.disk);
         for (id, offset, len) in at {
-            disk.entries.split_off(&id.index);
+            // An entry written over others drops them and all after; the
+            // check spares the usual append the split's allocations.
+            if disk.entries.range(id.index..).next().is_some() {
+                disk.entries.split_off(&id.index);
+            }
             disk.entries.insert(
                 id.index,
                 Loc {

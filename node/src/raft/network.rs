@@ -354,11 +354,11 @@ mod tests {
         openraft::Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: openraft::EntryPayload::Normal(Proposal {
-                commands: vec![Command::Put(PutRequest {
+                commands: std::sync::Arc::new(vec![Command::Put(PutRequest {
                     key: b"k".to_vec(),
                     value: vec![0; value_bytes],
                     ..Default::default()
-                })],
+                })]),
             }),
         }
     }

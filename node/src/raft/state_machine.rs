@@ -330,7 +330,7 @@ impl StateMachine {
                 }
                 EntryPayload::Normal(proposal) => {
                     let mut applied = Vec::with_capacity(proposal.commands.len());
-                    for command in &proposal.commands {
+                    for command in proposal.commands.iter() {
                         let a = match read_only.check(command) {
                             Ok(()) => self.apply_command(&mut wtxn, command)?,
                             Err(e) => Applied {

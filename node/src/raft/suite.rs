@@ -110,14 +110,14 @@ fn put_entry(leader: u64, term: u64, index: u64, key: &str) -> openraft::Entry<T
     openraft::Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(term, leader), index),
         payload: openraft::EntryPayload::Normal(super::Proposal {
-            commands: vec![Command::Put(PutRequest {
+            commands: std::sync::Arc::new(vec![Command::Put(PutRequest {
                 key: key.as_bytes().to_vec(),
                 value: b"v".to_vec(),
                 lease: 0,
                 prev_kv: false,
                 ignore_value: false,
                 ignore_lease: false,
-            })],
+            })]),
         }),
     }
 }

@@ -3,6 +3,7 @@
 use crate::kv::{Applied, Command};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// A server as Raft membership records it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -24,10 +25,14 @@ impl fmt::Display for Member {
 /// One Raft entry's writes: the commands that arrived together, applied in
 /// order, each at its own revision as if proposed alone. Grouping them lets
 /// one log append and one fsync carry many client writes.
+///
+/// The commands are shared: the log's in-memory tail hands out a copy of an
+/// entry for each follower it is sent to and for applying, and those copies
+/// share one set of commands (the encoding is that of a plain list).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The writes, in arrival order.
-    pub commands: Vec<Command>,
+    pub commands: Arc<Vec<Command>>,
 }
 
 impl Proposal {

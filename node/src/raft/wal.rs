@@ -35,6 +35,9 @@ pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const ZERO_CHUNK: u64 = 4 * 1024 * 1024;
 /// Bytes before a record's kind: length and checksum.
 const HEAD: usize = 8;
+/// At most what a record adds to its payload: the head, the kind and a log
+/// id (three varints); a size hint for buffers, not a limit.
+pub(crate) const RECORD_OVERHEAD: usize = HEAD + 1 + 40;
 
 const KIND_STATE: u8 = 1;
 const KIND_ENTRY: u8 = 2;
