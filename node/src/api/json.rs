@@ -540,6 +540,43 @@ impl Serialize for RangeOut<'_> {
     }
 }
 
+struct PutOut<'a> {
+    header: Option<&'a Header>,
+    response: &'a PutResponse,
+}
+
+impl Serialize for PutOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(h) = self.header {
+            m.serialize_entry("header", &HeaderOut(h))?;
+        }
+        if let Some(p) = &self.response.prev_kv {
+            m.serialize_entry("prev_kv", &KvOut(p))?;
+        }
+        m.end()
+    }
+}
+
+/// A PutResponse with its header, encoded when the answer is written (the
+/// most frequent answer: no [`Value`] is built for it).
+pub struct PutAnswer {
+    /// The answer's header.
+    pub header: Header,
+    /// The put's outcome.
+    pub response: PutResponse,
+}
+
+impl Serialize for PutAnswer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        PutOut {
+            header: Some(&self.header),
+            response: &self.response,
+        }
+        .serialize(s)
+    }
+}
+
 /// A RangeResponse with its header, encoded when the answer is written.
 pub struct RangeAnswer {
     /// The answer's header.
@@ -607,11 +644,10 @@ pub fn range_response(h: Option<&Header>, r: &RangeResponse) -> Value {
 
 /// Encodes a PutResponse.
 pub fn put_response(h: Option<&Header>, r: &PutResponse) -> Value {
-    let mut o = Obj::new();
-    if let Some(p) = &r.prev_kv {
-        o.insert("prev_kv".into(), kv(p));
-    }
-    with_header(h, o)
+    to_value(PutOut {
+        header: h,
+        response: r,
+    })
 }
 
 /// Encodes a DeleteRangeResponse.
@@ -798,5 +834,55 @@ mod tests {
             raft_term: 0,
         };
         assert_eq!(super::header(&quiet), json!({}));
+    }
+
+    #[test]
+    fn put_answers_are_written_as_etcd_writes_them() {
+        let header = Header {
+            cluster_id: 7,
+            member_id: 9,
+            revision: 12,
+            raft_term: 3,
+        };
+        let plain = PutAnswer {
+            header,
+            response: PutResponse { prev_kv: None },
+        };
+        let written = serde_json::to_string(&plain).unwrap();
+        assert_eq!(
+            written,
+            r#"{"header":{"cluster_id":"7","member_id":"9","revision":"12","raft_term":"3"}}"#
+        );
+        assert_eq!(
+            put_response(Some(&header), &plain.response),
+            serde_json::from_str::<Value>(&written).unwrap()
+        );
+        let previous = KeyValue {
+            key: b"a".to_vec(),
+            create_revision: 4,
+            mod_revision: 11,
+            version: 2,
+            value: b"hello".to_vec(),
+            lease: 0,
+        };
+        let with_prev = PutAnswer {
+            header,
+            response: PutResponse {
+                prev_kv: Some(previous),
+            },
+        };
+        let written: Value =
+            serde_json::from_slice(&serde_json::to_vec(&with_prev).unwrap()).unwrap();
+        let expected = json!({
+            "header": {"cluster_id": "7", "member_id": "9", "revision": "12", "raft_term": "3"},
+            "prev_kv": {"key": "YQ==", "create_revision": "4", "mod_revision": "11", "version": "2", "value": "aGVsbG8="}
+        });
+        assert_eq!(written, expected);
+        assert_eq!(put_response(Some(&header), &with_prev.response), expected);
+        // Inside a txn an answer may carry no header.
+        assert_eq!(
+            put_response(None, &PutResponse { prev_kv: None }),
+            json!({})
+        );
     }
 }

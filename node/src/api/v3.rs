@@ -97,12 +97,15 @@ pub(super) async fn range(
     Ok(Json(wire::RangeAnswer { header, response }))
 }
 
-pub(super) async fn put(State(node): State<Node>, body: Body) -> Result<Json<Value>, ApiError> {
+pub(super) async fn put(
+    State(node): State<Node>,
+    body: Body,
+) -> Result<Json<wire::PutAnswer>, ApiError> {
     let body = read_body(&node, body).await?;
     let req = wire::put_request(&wire::object(&body)?)?;
     check_put(&node, &req)?;
-    let (h, r) = node.put(req).await?;
-    Ok(Json(wire::put_response(Some(&h), &r)))
+    let (header, response) = node.put(req).await?;
+    Ok(Json(wire::PutAnswer { header, response }))
 }
 
 pub(super) async fn delete_range(

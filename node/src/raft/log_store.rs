@@ -523,7 +523,10 @@ impl Writer<'_> {
         let entries = appends.iter().flat_map(|(entries, _)| entries);
         // Each record adds a head, a kind and a log id of a few bytes; the
         // committed index may be carried after them (`carry_committed`).
-        let bytes: usize = entries.clone().map(|(_, b)| b.len() + RECORD_OVERHEAD).sum();
+        let bytes: usize = entries
+            .clone()
+            .map(|(_, b)| b.len() + RECORD_OVERHEAD)
+            .sum();
         let mut buf = Vec::with_capacity(bytes + RECORD_OVERHEAD);
         let mut at = Vec::with_capacity(entries.clone().count());
         for (id, bytes) in entries {

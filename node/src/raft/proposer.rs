@@ -167,9 +167,11 @@ async fn run(
         sizes.observe(commands.len() as f64);
         let raft = raft.clone();
         tokio::spawn(async move {
-            let result = raft.client_write(Proposal {
-                commands: Arc::new(commands),
-            }).await;
+            let result = raft
+                .client_write(Proposal {
+                    commands: Arc::new(commands),
+                })
+                .await;
             drop(permit);
             match result {
                 Ok(response) => {
