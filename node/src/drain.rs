@@ -143,7 +143,12 @@ impl Node {
         };
         let leader_name = leader.and_then(|id| {
             let m = self.metrics_now();
-            let name = m.membership_config.membership().get_node(&id)?.name.clone();
+            let name = m
+                .membership_config
+                .membership()
+                .get_node(&id)?
+                .name
+                .to_string();
             Some(name)
         });
         tracing::info!(
@@ -228,7 +233,7 @@ impl Node {
         let membership = m.membership_config.membership();
         let id = membership
             .nodes()
-            .find(|(_, member)| member.name == name)
+            .find(|(_, member)| *member.name == *name)
             .map(|(id, _)| *id)
             .ok_or_else(|| NodeError::MemberNotFound(format!("no member named {name}")))?;
         if id == self.id() {

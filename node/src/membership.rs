@@ -114,9 +114,9 @@ impl Node {
         }
         let id = member_id(name);
         let member = Member {
-            name: name.to_string(),
-            peer_addr: peer_addr.to_string(),
-            client_url: client_url.to_string(),
+            name: name.into(),
+            peer_addr: peer_addr.into(),
+            client_url: client_url.into(),
         };
         self.raft()
             .add_learner(id, member, false)
@@ -191,9 +191,9 @@ impl Node {
         let mut silent = Vec::new();
         for m in &remaining {
             let member = Member {
-                name: m.name.clone(),
-                peer_addr: m.peer_addr.clone(),
-                client_url: m.client_url.clone(),
+                name: m.name.as_str().into(),
+                peer_addr: m.peer_addr.as_str().into(),
+                client_url: m.client_url.as_str().into(),
             };
             let answered = m.id == self.id()
                 || self

@@ -488,9 +488,9 @@ impl Node {
                 (
                     raft::member_id(name),
                     Member {
-                        name: name.clone(),
-                        peer_addr: m.peer_addr.clone(),
-                        client_url,
+                        name: name.as_str().into(),
+                        peer_addr: m.peer_addr.as_str().into(),
+                        client_url: client_url.into(),
                     },
                 )
             })
@@ -1062,9 +1062,9 @@ impl Node {
             .nodes()
             .map(|(id, m)| MemberInfo {
                 id: *id,
-                name: m.name.clone(),
-                peer_addr: m.peer_addr.clone(),
-                client_url: m.client_url.clone(),
+                name: m.name.to_string(),
+                peer_addr: m.peer_addr.to_string(),
+                client_url: m.client_url.to_string(),
                 is_learner: !voters.contains(id),
             })
             .collect()

@@ -6,14 +6,18 @@ use std::fmt;
 use std::sync::Arc;
 
 /// A server as Raft membership records it.
+///
+/// Cheap to clone (shared strings, encoded as plain strings): openraft copies
+/// members into its metrics and errors many times per entry, and a write
+/// forwarded to the leader takes a copy of the leader's.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Member {
     /// The server's name (also the name in its certificate).
-    pub name: String,
+    pub name: Arc<str>,
     /// Its QUIC address for peer traffic.
-    pub peer_addr: String,
+    pub peer_addr: Arc<str>,
     /// Its client URL as advertised.
-    pub client_url: String,
+    pub client_url: Arc<str>,
 }
 
 impl fmt::Display for Member {
@@ -111,4 +115,54 @@ pub(crate) fn storage_io(
     e: impl std::fmt::Display,
 ) -> StorageError {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Members and proposals are stored in the log and in snapshots, and
+    /// sent to servers of other versions: their shared parts must encode as
+    /// the plain strings and lists they were before.
+    #[test]
+    fn shared_parts_encode_as_plain_ones() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct PlainMember {
+            name: String,
+            peer_addr: String,
+            client_url: String,
+        }
+        let plain = PlainMember {
+            name: "n1".into(),
+            peer_addr: "127.0.0.1:2380".into(),
+            client_url: "http://127.0.0.1:2379".into(),
+        };
+        let member = Member {
+            name: "n1".into(),
+            peer_addr: "127.0.0.1:2380".into(),
+            client_url: "http://127.0.0.1:2379".into(),
+        };
+        let bytes = postcard::to_allocvec(&plain).unwrap();
+        assert_eq!(postcard::to_allocvec(&member).unwrap(), bytes);
+        assert_eq!(postcard::from_bytes::<Member>(&bytes).unwrap(), member);
+
+        let commands = vec![Command::Put(crate::kv::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })];
+        #[derive(Serialize)]
+        struct PlainProposal<'a> {
+            commands: &'a Vec<Command>,
+        }
+        let bytes = postcard::to_allocvec(&PlainProposal {
+            commands: &commands,
+        })
+        .unwrap();
+        let proposal = Proposal {
+            commands: Arc::new(commands),
+        };
+        assert_eq!(postcard::to_allocvec(&proposal).unwrap(), bytes);
+        assert_eq!(postcard::from_bytes::<Proposal>(&bytes).unwrap(), proposal);
+    }
 }
