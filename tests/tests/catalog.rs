@@ -481,6 +481,19 @@ async fn bad_registrations_and_lookups_are_refused_and_change_nothing() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
+    // The first check makes the server announce itself as a checker, a
+    // write of its own shortly after: wait for it, so that the revision
+    // compared below is one the bad requests alone could move.
+    let (_, v) = send(reqwest::Method::GET, &format!("{base}/v1/status"), None).await;
+    let checker = format!(
+        "/meridian/catalog/checkers/{}",
+        v["name"].as_str().unwrap_or("")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&base, &checker, false).await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "{checker} was never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = get_json(&format!("{base}/v1/health/service/api"))
         .await
         .expect("before");
