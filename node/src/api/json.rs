@@ -517,77 +517,66 @@ impl Serialize for KvOut<'_> {
     }
 }
 
-struct RangeOut<'a> {
-    header: Option<&'a Header>,
-    response: &'a RangeResponse,
+/// A response's own fields, written into its answer's map after the header.
+trait Fields {
+    fn write_fields<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error>;
 }
 
-impl Serialize for RangeOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.response;
-        let mut m = s.serialize_map(None)?;
-        if let Some(h) = self.header {
-            m.serialize_entry("header", &HeaderOut(h))?;
+impl Fields for RangeResponse {
+    fn write_fields<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        if !self.kvs.is_empty() {
+            m.serialize_entry("kvs", &Seq(&self.kvs))?;
         }
-        if !r.kvs.is_empty() {
-            m.serialize_entry("kvs", &Seq(&r.kvs))?;
-        }
-        if r.more {
+        if self.more {
             m.serialize_entry("more", &true)?;
         }
-        int_entry(&mut m, "count", r.count)?;
-        m.end()
+        int_entry(m, "count", self.count)
     }
 }
 
-struct PutOut<'a> {
-    header: Option<&'a Header>,
-    response: &'a PutResponse,
+impl Fields for PutResponse {
+    fn write_fields<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        if let Some(p) = &self.prev_kv {
+            m.serialize_entry("prev_kv", &KvOut(p))?;
+        }
+        Ok(())
+    }
 }
 
-impl Serialize for PutOut<'_> {
+/// A response with its header, if it has one (answers inside a txn may not).
+struct Out<'a, R> {
+    header: Option<&'a Header>,
+    response: &'a R,
+}
+
+impl<R: Fields> Serialize for Out<'_, R> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
         if let Some(h) = self.header {
             m.serialize_entry("header", &HeaderOut(h))?;
         }
-        if let Some(p) = &self.response.prev_kv {
-            m.serialize_entry("prev_kv", &KvOut(p))?;
-        }
+        self.response.write_fields(&mut m)?;
         m.end()
     }
 }
 
-/// A PutResponse with its header, encoded when the answer is written (the
-/// most frequent answer: no [`Value`] is built for it).
-pub struct PutAnswer {
+/// A response with its header, encoded when the answer is written: no
+/// [`Value`] is built for the most frequent answers.
+pub struct Answer<R> {
     /// The answer's header.
     pub header: Header,
-    /// The put's outcome.
-    pub response: PutResponse,
+    /// The response itself.
+    pub response: R,
 }
 
-impl Serialize for PutAnswer {
+/// A range's answer.
+pub type RangeAnswer = Answer<RangeResponse>;
+/// A put's answer.
+pub type PutAnswer = Answer<PutResponse>;
+
+impl<R: Fields> Serialize for Answer<R> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        PutOut {
-            header: Some(&self.header),
-            response: &self.response,
-        }
-        .serialize(s)
-    }
-}
-
-/// A RangeResponse with its header, encoded when the answer is written.
-pub struct RangeAnswer {
-    /// The answer's header.
-    pub header: Header,
-    /// The keys found.
-    pub response: RangeResponse,
-}
-
-impl Serialize for RangeAnswer {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        RangeOut {
+        Out {
             header: Some(&self.header),
             response: &self.response,
         }
@@ -636,7 +625,7 @@ fn with_header(h: Option<&Header>, mut o: Obj) -> Value {
 
 /// Encodes a RangeResponse.
 pub fn range_response(h: Option<&Header>, r: &RangeResponse) -> Value {
-    to_value(RangeOut {
+    to_value(Out {
         header: h,
         response: r,
     })
@@ -644,7 +633,7 @@ pub fn range_response(h: Option<&Header>, r: &RangeResponse) -> Value {
 
 /// Encodes a PutResponse.
 pub fn put_response(h: Option<&Header>, r: &PutResponse) -> Value {
-    to_value(PutOut {
+    to_value(Out {
         header: h,
         response: r,
     })
@@ -780,14 +769,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn answers_are_written_as_the_gateway_writes_them() {
-        let header = Header {
+    /// The header the answer tests write.
+    fn sample_header() -> Header {
+        Header {
             cluster_id: 7,
             member_id: 9,
             revision: 12,
             raft_term: 3,
-        };
+        }
+    }
+
+    #[test]
+    fn answers_are_written_as_the_gateway_writes_them() {
+        let header = sample_header();
         let full = KeyValue {
             key: b"a".to_vec(),
             create_revision: 4,
@@ -838,12 +832,7 @@ mod tests {
 
     #[test]
     fn put_answers_are_written_as_etcd_writes_them() {
-        let header = Header {
-            cluster_id: 7,
-            member_id: 9,
-            revision: 12,
-            raft_term: 3,
-        };
+        let header = sample_header();
         let plain = PutAnswer {
             header,
             response: PutResponse { prev_kv: None },

@@ -523,12 +523,11 @@ impl Writer<'_> {
         let entries = appends.iter().flat_map(|(entries, _)| entries);
         // Each record adds a head, a kind and a log id of a few bytes; the
         // committed index may be carried after them (`carry_committed`).
-        let bytes: usize = entries
-            .clone()
-            .map(|(_, b)| b.len() + RECORD_OVERHEAD)
-            .sum();
+        let (count, bytes) = entries.clone().fold((0, 0), |(n, size), (_, b)| {
+            (n + 1, size + b.len() + RECORD_OVERHEAD)
+        });
         let mut buf = Vec::with_capacity(bytes + RECORD_OVERHEAD);
-        let mut at = Vec::with_capacity(entries.clone().count());
+        let mut at = Vec::with_capacity(count);
         for (id, bytes) in entries {
             let offset = wal::encode(&Record::Entry(*id, bytes), &mut buf)?;
             at.push((*id, offset as u64, bytes.len() as u32));
