@@ -210,6 +210,10 @@ impl raft::ApplyObserver for Observer {
     fn held(&self, entries: usize) {
         self.metrics.entries_held.inc_by(entries as u64);
     }
+    fn replaced(&self, revision: i64) {
+        self.metrics.revision.set(revision);
+        self.revisions.send_replace(revision);
+    }
     fn leases(&self, granted: &[raft::LeaseGranted], revoked: &[i64]) {
         for g in granted {
             self.lessor.granted(g.id, g.ttl, g.term);
@@ -314,13 +318,13 @@ impl Node {
                 )
             }
         };
-        let revisions = Arc::new(tokio::sync::watch::channel(0).0);
         let start_revision = {
             let rtxn = state_env
                 .read_txn()
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
             kv.revision(&rtxn)?
         };
+        let revisions = Arc::new(tokio::sync::watch::channel(start_revision).0);
         let lessor = Arc::new(Lessor::default());
         let observer = Arc::new(Observer {
             metrics: metrics.clone(),
@@ -817,7 +821,8 @@ impl Node {
         }
     }
 
-    /// A receiver that changes whenever entries are applied (to the new revision).
+    /// A receiver that changes whenever entries are applied or a snapshot is
+    /// installed; it holds the store's revision since.
     pub fn subscribe_revisions(&self) -> tokio::sync::watch::Receiver<i64> {
         self.inner.revisions.subscribe()
     }
@@ -1122,7 +1127,8 @@ impl Node {
         over
     }
 
-    fn refresh_store_metrics(&self) {
+    /// Sets the store's gauges (size, revisions, keys) from a read of it.
+    pub(crate) fn refresh_store_metrics(&self) {
         let store = self.inner.store;
         let m = &self.inner.metrics;
         m.db_size.set(store::used_bytes(store.env()) as i64);
@@ -1360,10 +1366,9 @@ async fn feed_recent(node: Node) {
     let mut revisions = node.subscribe_revisions();
     let inner = &node.inner;
     loop {
-        let current = match node.revisions() {
-            Ok((current, _)) => current,
-            Err(_) => return,
-        };
+        // The revision as the apply published it: no read of the store per
+        // apply (which would also map the pages it just wrote).
+        let current = *revisions.borrow_and_update();
         let fed = inner.recent.last();
         if current > fed {
             if inner.feed.receiver_count() == 0 {
@@ -1404,7 +1409,6 @@ async fn watch_raft_metrics(node: Node) {
     let mut rx = node.inner.raft.metrics();
     let mut last_leader: Option<u64> = None;
     let mut led_term: Option<u64> = None;
-    let mut ticks: u32 = 0;
     loop {
         let changed = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
         if let Ok(Err(_)) = changed {
@@ -1444,10 +1448,6 @@ async fn watch_raft_metrics(node: Node) {
                 None => tracing::warn!(server = %name, term = m.current_term, "lost leader"),
             }
             last_leader = m.current_leader;
-        }
-        ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(4) || changed.is_err() {
-            node.refresh_store_metrics();
         }
     }
 }

@@ -326,6 +326,8 @@ async fn ready(State(node): State<Node>) -> Response {
 }
 
 async fn metrics(State(node): State<Node>) -> impl IntoResponse {
+    // The store's gauges are read when scraped rather than after each apply.
+    node.refresh_store_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics().render(),

@@ -46,6 +46,9 @@ pub trait ApplyObserver: Send + Sync + 'static {
     /// `entries` entries another server proposed were held back, to be
     /// applied together with later ones.
     fn held(&self, _entries: usize) {}
+    /// An installed snapshot replaced the store; `revision` is its revision
+    /// (which can be older than the one applied before).
+    fn replaced(&self, revision: i64);
     /// A snapshot was built or installed.
     fn snapshot(
         &self,
@@ -704,7 +707,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let expected = meta.clone();
         let start = std::time::Instant::now();
-        let installed = tokio::task::spawn_blocking(move || {
+        let (installed, revision) = tokio::task::spawn_blocking(move || {
             let path = this.snapshot_dir.join(INCOMING_SNAPSHOT);
             let writing =
                 writing(&this.closed).map_err(|e| SnapshotError::Storage(e.to_string()))?;
@@ -717,7 +720,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             std::fs::rename(&path, this.current_snapshot_path())?;
             this.settle_current()?;
-            Ok(installed)
+            let revision = this
+                .store
+                .env()
+                .read_txn()
+                .map_err(KvError::from)
+                .and_then(|rtxn| this.store.revision(&rtxn))
+                .map_err(|e| SnapshotError::Storage(e.to_string()))?;
+            Ok((installed, revision))
         })
         .await
         .map_err(|e| storage_io(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
@@ -725,6 +735,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(last) = installed.last_log_id {
             self.show(last.index);
         }
+        self.observer.replaced(revision);
         self.observer.snapshot(true, &installed, start.elapsed());
         Ok(())
     }

@@ -21,6 +21,7 @@ impl LogObserver for Quiet {
 impl ApplyObserver for Quiet {
     fn applied(&self, _: LogId, _: i64, _: usize) {}
     fn leases(&self, _: &[LeaseGranted], _: &[i64]) {}
+    fn replaced(&self, _: i64) {}
     fn snapshot(&self, _: bool, _: &SnapshotMeta<u64, Member>, _: std::time::Duration) {}
 }
 
