@@ -148,6 +148,8 @@ struct Inner {
     store: KvStore,
     /// Ends the state's writes at a clean stop.
     closer: raft::Closer,
+    /// Commits applied entries before a read (ADR 0019).
+    flusher: raft::Flusher,
     /// The latest applied revision, for watchers to wait on.
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
     /// Lease clocks while this server leads.
@@ -347,6 +349,7 @@ impl Node {
         .after_durable(log_store.durable())
         .holding(id, raft::HoldLimits::default(), listened);
         let closer = state_machine.closer();
+        let flusher = state_machine.flusher();
         let visible = state_machine.visible();
         // From here on set by the state machine's commits (`Observer`): on a
         // follower holding entries (ADR 0016) it trails openraft's own
@@ -424,6 +427,7 @@ impl Node {
                 raft,
                 store: kv,
                 closer,
+                flusher,
                 revisions,
                 lessor,
                 recent: Recent::new(start_revision, RECENT_BYTES_MAX),
@@ -650,7 +654,14 @@ impl Node {
         }
     }
 
+    /// A read transaction of the state; it sees every write answered before
+    /// the call (applied entries waiting for their commit are committed
+    /// first).
     fn read_txn(&self) -> Result<heed::RoTxn<'static, heed::WithoutTls>, NodeError> {
+        self.inner
+            .flusher
+            .flush_blocking()
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
         self.inner
             .store
             .env()
@@ -983,6 +994,11 @@ impl Node {
         let started = Instant::now();
         let taken = tokio::task::spawn_blocking(move || {
             let inner = &node.inner;
+            // The backup holds every write answered before it was asked for.
+            inner
+                .flusher
+                .flush_blocking()
+                .map_err(|e| NodeError::Storage(e.to_string()))?;
             let path = crate::backup::scratch_path(&inner.config.data_dir);
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| NodeError::Storage(e.to_string()))?;
@@ -1132,7 +1148,7 @@ impl Node {
         let store = self.inner.store;
         let m = &self.inner.metrics;
         m.db_size.set(store::used_bytes(store.env()) as i64);
-        if let Ok(rtxn) = store.env().read_txn() {
+        if let Ok(rtxn) = self.read_txn() {
             if let (Ok(rev), Ok(compacted), Ok(keys)) = (
                 store.revision(&rtxn),
                 store.compacted_revision(&rtxn),

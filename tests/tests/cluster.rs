@@ -279,3 +279,45 @@ async fn a_clean_stop_marks_the_state_synced_and_the_next_start_trusts_it() {
     );
     c.wait_applied(follower, "clean/9").await;
 }
+
+/// A lone server answers writes from its open state transaction and
+/// commits them later when nobody reads (ADR 0019). Killed before that
+/// commit, it applies them again from its log when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_server_killed_with_applies_uncommitted_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(1).await;
+    let url = c.url(0).to_string();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let (status, body) = put(&url, &format!("lone/{i:02}"), &format!("v{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("put {i}: {e}"));
+        assert_eq!(status, 200, "put {i}");
+        acked.push(
+            body["header"]["revision"]
+                .as_str()
+                .unwrap_or("0")
+                .to_string(),
+        );
+    }
+    // No read in between: the last writes are still waiting for their commit.
+    c.kill(0);
+    c.restart(0).await;
+    c.wait_ready_all().await;
+    for (i, revision) in acked.iter().enumerate() {
+        let (status, v) = post(
+            &format!("{}/v3/kv/range", c.url(0)),
+            &json!({ "key": b64(format!("lone/{i:02}").as_bytes()) }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("range {i}: {e}"));
+        assert_eq!(status, 200);
+        let kv = &v["kvs"][0];
+        assert_eq!(
+            unb64(&kv["value"]),
+            format!("v{i}").into_bytes(),
+            "acknowledged write {i} lost"
+        );
+        assert_eq!(kv["mod_revision"], json!(revision), "revision of write {i}");
+    }
+}

@@ -2,6 +2,7 @@
 //! (segment files), the state machine over the MVCC store, snapshots, the proposer that
 //! groups writes into entries, and the network adapter over the peer transport.
 
+mod committer;
 mod lmdb_import;
 mod log_store;
 mod log_tail;
@@ -15,6 +16,7 @@ mod suite;
 mod types;
 mod wal;
 
+pub use committer::{CommitLimits, Flusher};
 pub use log_store::{DurableLog, Imported, LogObserver, LogStore};
 pub use network::{CommitBound, PeerNetwork, PeerRequest, PeerResponse};
 pub use proposer::{ProposeError, Proposer, ProposerLimits};

@@ -6,7 +6,11 @@
 //! transaction, which writes each B-tree page they touch once instead of
 //! once per entry. Readers see what is committed; a linearizable read
 //! waits for [`Visible`], which releases held entries at once.
+//!
+//! Entries are applied on a thread of its own ([`super::committer`]), which
+//! may commit several applies together while nobody reads (ADR 0019).
 
+use super::committer::{Applier, CommitLimits, Committer, Flusher};
 use super::log_store::DurableLog;
 use super::snapshot::{self, SnapshotError};
 use super::types::{storage_io, LogId, Member, StorageError, StoredMembership, TypeConfig};
@@ -32,9 +36,6 @@ pub(crate) fn applied_log_id(store: &KvStore, txn: &heed::RoTxn) -> Result<Optio
 
 /// The snapshot the state machine serves and rebuilds from, in its snapshot directory.
 pub(crate) const CURRENT_SNAPSHOT: &str = "current.snap";
-/// Batches up to this many bytes (as `network::entry_bytes` counts them) are
-/// applied on the state machine's task; larger ones on a blocking thread.
-const INLINE_APPLY_BYTES: usize = 64 * 1024;
 const INCOMING_SNAPSHOT: &str = "incoming.snap";
 
 /// Told about what was applied, after the transaction committed (metrics, and later watches).
@@ -59,7 +60,7 @@ pub trait ApplyObserver: Send + Sync + 'static {
 }
 
 /// The answers of a batch, and its last log id with the revision after it.
-type AppliedBatch = (Vec<Vec<Applied>>, Option<(LogId, i64)>, LeaseChanges);
+pub(super) type AppliedBatch = (Vec<Vec<Applied>>, Option<(LogId, i64)>, LeaseChanges);
 
 /// A lease granted by an applied entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +80,6 @@ type LeaseChanges = (Vec<LeaseGranted>, Vec<i64>);
 #[derive(Clone)]
 pub struct StateMachine {
     store: KvStore,
-    /// This DC's name: replication rules make it a source or a target.
-    datacenter: String,
     snapshot_dir: PathBuf,
     observer: Arc<dyn ApplyObserver>,
     /// The Raft log's durability: an entry is applied only once the local
@@ -93,6 +92,30 @@ pub struct StateMachine {
     hold: Option<Arc<Hold>>,
     /// Held by every write to the state; true once [`Closer::close`] ran.
     closed: Arc<std::sync::Mutex<bool>>,
+    /// The thread that applies entries and commits them.
+    committer: Committer<AppliedBatch>,
+    /// Settings the applying thread reads.
+    settings: Arc<Settings>,
+}
+
+/// What [`StateMachine::holding`] and [`StateMachine::committing`] set after
+/// the applying thread started.
+#[derive(Default)]
+struct Settings {
+    listened: std::sync::OnceLock<Listened>,
+    limits: std::sync::OnceLock<CommitLimits>,
+}
+
+type Listened = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The state machine's side of the applying thread.
+struct StateApplier {
+    store: KvStore,
+    datacenter: String,
+    observer: Arc<dyn ApplyObserver>,
+    visible: Arc<watch::Sender<u64>>,
+    closed: Arc<std::sync::Mutex<bool>>,
+    settings: Arc<Settings>,
 }
 
 /// Ends the state's writes at a clean stop, leaving it synced.
@@ -100,6 +123,7 @@ pub struct StateMachine {
 pub struct Closer {
     store: KvStore,
     closed: Arc<std::sync::Mutex<bool>>,
+    flusher: Flusher,
 }
 
 impl Closer {
@@ -107,6 +131,10 @@ impl Closer {
     /// environment and marks it synced in `state_dir` (`store::boot`): the
     /// next start trusts it whatever happens to the machine meanwhile.
     pub fn close(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        // Applied entries waiting for their commit are committed first.
+        self.flusher
+            .flush_blocking()
+            .map_err(std::io::Error::other)?;
         let mut closed = lock_closed(&self.closed);
         *closed = true;
         self.store
@@ -123,7 +151,9 @@ fn lock_closed(m: &std::sync::Mutex<bool>) -> std::sync::MutexGuard<'_, bool> {
 
 /// Held while writing to the state, so that [`Closer::close`] waits for the
 /// write; an error once it has run.
-fn writing(closed: &std::sync::Mutex<bool>) -> Result<std::sync::MutexGuard<'_, bool>, KvError> {
+pub(super) fn writing(
+    closed: &std::sync::Mutex<bool>,
+) -> Result<std::sync::MutexGuard<'_, bool>, KvError> {
     let guard = lock_closed(closed);
     if *guard {
         return Err(KvError::Storage(
@@ -171,7 +201,7 @@ struct Hold {
     limits: HoldLimits,
     /// Whether anyone here is waiting for changes (watchers, replication
     /// streams, blocking queries); nothing is held while so.
-    listened: Box<dyn Fn() -> bool + Send + Sync>,
+    listened: Listened,
     held: Mutex<Held>,
     /// The highest index a linearizable read on this server waits for;
     /// nothing is held while it is above the visible index.
@@ -204,6 +234,7 @@ impl Held {
 pub struct Visible {
     visible: watch::Receiver<u64>,
     hold: Option<Arc<Hold>>,
+    flusher: Flusher,
 }
 
 impl Visible {
@@ -223,6 +254,7 @@ impl Visible {
             hold.wanted.fetch_max(index, Ordering::SeqCst);
             hold.now.notify_one();
         }
+        self.flusher.want(index);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let reached = tokio::time::timeout(remaining, visible.wait_for(|v| *v >= index)).await;
         matches!(reached, Ok(Ok(_)))
@@ -242,15 +274,29 @@ impl StateMachine {
             let rtxn = store.env().read_txn().map_err(std::io::Error::other)?;
             applied_log_id(&store, &rtxn).map_err(std::io::Error::other)?
         };
-        Ok(StateMachine {
+        let applied = applied.map_or(0, |id| id.index);
+        let visible = Arc::new(watch::channel(applied).0);
+        let closed = Arc::new(std::sync::Mutex::new(false));
+        let settings = Arc::new(Settings::default());
+        let applier = StateApplier {
             store,
             datacenter,
+            observer: observer.clone(),
+            visible: visible.clone(),
+            closed: closed.clone(),
+            settings: settings.clone(),
+        };
+        let committer = Committer::start(applier, applied)?;
+        Ok(StateMachine {
+            store,
             snapshot_dir,
             observer,
             durable: None,
-            visible: Arc::new(watch::channel(applied.map_or(0, |id| id.index)).0),
+            visible,
             hold: None,
-            closed: Arc::new(std::sync::Mutex::new(false)),
+            closed,
+            committer,
+            settings,
         })
     }
 
@@ -259,6 +305,7 @@ impl StateMachine {
         Closer {
             store: self.store,
             closed: self.closed.clone(),
+            flusher: self.flusher(),
         }
     }
 
@@ -271,10 +318,13 @@ impl StateMachine {
         limits: HoldLimits,
         listened: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Self {
+        let listened: Listened = Arc::new(listened);
+        // Set once: a state machine is built holding or not.
+        let _ = self.settings.listened.set(listened.clone());
         self.hold = Some(Arc::new(Hold {
             me,
             limits,
-            listened: Box::new(listened),
+            listened,
             held: Mutex::new(Held::default()),
             wanted: AtomicU64::new(0),
             now: Notify::new(),
@@ -283,11 +333,25 @@ impl StateMachine {
         self
     }
 
+    /// How long and how far applies may wait for their commit; set once,
+    /// before the first apply ([`CommitLimits::default`] otherwise).
+    pub fn committing(self, limits: CommitLimits) -> Self {
+        let _ = self.settings.limits.set(limits);
+        self
+    }
+
+    /// What readers ask commits through: a read transaction begun after
+    /// [`Flusher::flush`] sees every write answered before it.
+    pub fn flusher(&self) -> Flusher {
+        self.committer.flusher().clone()
+    }
+
     /// What linearizable reads wait on.
     pub fn visible(&self) -> Visible {
         Visible {
             visible: self.visible.subscribe(),
             hold: self.hold.clone(),
+            flusher: self.flusher(),
         }
     }
 
@@ -315,147 +379,32 @@ impl StateMachine {
         copy.sync_all().await
     }
 
-    fn apply_blocking(&self, entries: Vec<Entry<TypeConfig>>) -> Result<AppliedBatch, KvError> {
-        let _writing = writing(&self.closed)?;
-        let env = self.store.env();
-        let mut wtxn = env.write_txn()?;
-        let mut results = Vec::with_capacity(entries.len());
-        let mut last = None;
-        let mut leases: LeaseChanges = (Vec::new(), Vec::new());
-        let mut read_only = ReadOnly::load(&self.store, &wtxn, &self.datacenter)?;
-        for entry in &entries {
-            let applied = match &entry.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Membership(m) => {
-                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                    self.store.meta_put(&mut wtxn, META_MEMBERSHIP, &stored)?;
-                    Vec::new()
-                }
-                EntryPayload::Normal(proposal) => {
-                    let mut applied = Vec::with_capacity(proposal.commands.len());
-                    for command in proposal.commands.iter() {
-                        let a = match read_only.check(command) {
-                            Ok(()) => self.apply_command(&mut wtxn, command)?,
-                            Err(e) => Applied {
-                                revision: self.store.revision(&wtxn)?,
-                                outcome: Err(e),
-                            },
-                        };
-                        if let (Command::SetRule(_), Ok(Outcome::RuleSet { changed: true })) =
-                            (command, &a.outcome)
-                        {
-                            read_only = ReadOnly::load(&self.store, &wtxn, &self.datacenter)?;
-                        }
-                        match (command, &a.outcome) {
-                            (_, Ok(Outcome::LeaseGranted { id, ttl })) => {
-                                leases.0.push(LeaseGranted {
-                                    id: *id,
-                                    ttl: *ttl,
-                                    term: entry.log_id.leader_id.term,
-                                })
-                            }
-                            (Command::LeaseRevoke { id }, Ok(_)) => leases.1.push(*id),
-                            _ => {}
-                        }
-                        applied.push(a);
-                    }
-                    applied
-                }
-            };
-            let revision = match applied.last() {
-                Some(a) => a.revision,
-                None => self.store.revision(&wtxn)?,
-            };
-            last = Some((entry.log_id, revision));
-            results.push(applied);
-        }
-        if let Some((log_id, _)) = last {
-            self.store
-                .meta_put(&mut wtxn, META_APPLIED, &Some(log_id))?;
-        }
-        wtxn.commit()?;
-        Ok((results, last, leases))
-    }
-
-    /// Applies one command. A transaction and a replication command run in a
-    /// nested LMDB transaction so that one failing halfway leaves nothing
-    /// behind; other commands fail, if at all, before their first write.
-    fn apply_command(&self, wtxn: &mut heed::RwTxn, command: &Command) -> Result<Applied, KvError> {
-        let before = self.store.revision(wtxn)?;
-        let store = self.store;
-        let result = match command {
-            Command::SetRule(rule) => self.nested(wtxn, |t| {
-                let changed = mirror::set_rule(&store, t, rule)?;
-                Ok((Outcome::RuleSet { changed }, store.revision(t)?))
-            }),
-            Command::Mirror(batch) => self.nested(wtxn, |t| {
-                let revision = mirror::apply_batch(store, t, batch, &self.datacenter)?;
-                Ok((Outcome::Mirrored, revision))
-            }),
-            Command::Txn(_) => self.nested(wtxn, |t| write(store, t, command)),
-            Command::SetClusterLevel { level } => {
-                let key = crate::version::META_CLUSTER_LEVEL;
-                let stored: u32 = store
-                    .meta_get(wtxn, key)?
-                    .unwrap_or(crate::version::BASE_LEVEL);
-                let level = stored.max(*level);
-                store.meta_put(wtxn, key, &level)?;
-                Ok((Outcome::ClusterLevelSet { level }, before))
-            }
-            _ => write(store, wtxn, command),
-        };
-        match result {
-            Ok((outcome, revision)) => Ok(Applied {
-                revision,
-                outcome: Ok(outcome),
-            }),
-            Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
-            Err(e) => Ok(Applied {
-                revision: before,
-                outcome: Err(e),
-            }),
-        }
-    }
-
-    /// Runs `f` in a transaction nested in `wtxn`, kept only if `f` succeeds.
-    fn nested(
-        &self,
-        wtxn: &mut heed::RwTxn,
-        f: impl FnOnce(&mut heed::RwTxn) -> Result<(Outcome, i64), KvError>,
-    ) -> Result<(Outcome, i64), KvError> {
-        let mut nested = self.store.env().nested_write_txn(wtxn)?;
-        let result = f(&mut nested);
-        if result.is_ok() {
-            nested.commit()?;
-        }
-        result
-    }
-
-    /// Applies `entries` (`bytes` of payload) in one transaction, tells the
-    /// observer, and makes them visible to readers.
+    /// Applies `entries` (`bytes` of payload) on the applying thread and
+    /// tells the observer of leases; the commit (and what readers see) may
+    /// come later.
     async fn apply_now(
         &self,
         entries: Vec<Entry<TypeConfig>>,
         bytes: usize,
     ) -> Result<Vec<Vec<Applied>>, StorageError> {
-        let count = entries.len();
-        let (results, last, leases) = if bytes <= INLINE_APPLY_BYTES {
-            self.apply_blocking(entries)
-        } else {
-            let this = self.clone();
-            tokio::task::spawn_blocking(move || this.apply_blocking(entries))
-                .await
-                .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
-        }
-        .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        let (results, _, leases) = self
+            .committer
+            .apply(entries, bytes)
+            .await
+            .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         if !leases.0.is_empty() || !leases.1.is_empty() {
             self.observer.leases(&leases.0, &leases.1);
         }
-        if let Some((log_id, revision)) = last {
-            self.show(log_id.index);
-            self.observer.applied(log_id, revision, count);
-        }
         Ok(results)
+    }
+
+    /// Commits whatever is applied, for a reader of the whole state.
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.committer
+            .flusher()
+            .flush()
+            .await
+            .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))
     }
 
     /// Readers now see the writes through `index`.
@@ -529,6 +478,167 @@ impl StateMachine {
     }
 }
 
+impl StateApplier {
+    fn apply_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<AppliedBatch, KvError> {
+        let mut results = Vec::with_capacity(entries.len());
+        let mut last = None;
+        let mut leases: LeaseChanges = (Vec::new(), Vec::new());
+        let mut read_only = ReadOnly::load(&self.store, wtxn, &self.datacenter)?;
+        for entry in &entries {
+            let applied = match &entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    self.store.meta_put(wtxn, META_MEMBERSHIP, &stored)?;
+                    Vec::new()
+                }
+                EntryPayload::Normal(proposal) => {
+                    let mut applied = Vec::with_capacity(proposal.commands.len());
+                    for command in proposal.commands.iter() {
+                        let a = match read_only.check(command) {
+                            Ok(()) => self.apply_command(wtxn, command)?,
+                            Err(e) => Applied {
+                                revision: self.store.revision(wtxn)?,
+                                outcome: Err(e),
+                            },
+                        };
+                        if let (Command::SetRule(_), Ok(Outcome::RuleSet { changed: true })) =
+                            (command, &a.outcome)
+                        {
+                            read_only = ReadOnly::load(&self.store, wtxn, &self.datacenter)?;
+                        }
+                        match (command, &a.outcome) {
+                            (_, Ok(Outcome::LeaseGranted { id, ttl })) => {
+                                leases.0.push(LeaseGranted {
+                                    id: *id,
+                                    ttl: *ttl,
+                                    term: entry.log_id.leader_id.term,
+                                })
+                            }
+                            (Command::LeaseRevoke { id }, Ok(_)) => leases.1.push(*id),
+                            _ => {}
+                        }
+                        applied.push(a);
+                    }
+                    applied
+                }
+            };
+            let revision = match applied.last() {
+                Some(a) => a.revision,
+                None => self.store.revision(wtxn)?,
+            };
+            last = Some((entry.log_id, revision));
+            results.push(applied);
+        }
+        Ok((results, last, leases))
+    }
+
+    /// Applies one command. A transaction and a replication command run in a
+    /// nested LMDB transaction so that one failing halfway leaves nothing
+    /// behind; other commands fail, if at all, before their first write.
+    fn apply_command(&self, wtxn: &mut heed::RwTxn, command: &Command) -> Result<Applied, KvError> {
+        let before = self.store.revision(wtxn)?;
+        let store = self.store;
+        let result = match command {
+            Command::SetRule(rule) => self.nested(wtxn, |t| {
+                let changed = mirror::set_rule(&store, t, rule)?;
+                Ok((Outcome::RuleSet { changed }, store.revision(t)?))
+            }),
+            Command::Mirror(batch) => self.nested(wtxn, |t| {
+                let revision = mirror::apply_batch(store, t, batch, &self.datacenter)?;
+                Ok((Outcome::Mirrored, revision))
+            }),
+            Command::Txn(_) => self.nested(wtxn, |t| write(store, t, command)),
+            Command::SetClusterLevel { level } => {
+                let key = crate::version::META_CLUSTER_LEVEL;
+                let stored: u32 = store
+                    .meta_get(wtxn, key)?
+                    .unwrap_or(crate::version::BASE_LEVEL);
+                let level = stored.max(*level);
+                store.meta_put(wtxn, key, &level)?;
+                Ok((Outcome::ClusterLevelSet { level }, before))
+            }
+            _ => write(store, wtxn, command),
+        };
+        match result {
+            Ok((outcome, revision)) => Ok(Applied {
+                revision,
+                outcome: Ok(outcome),
+            }),
+            Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
+            Err(e) => Ok(Applied {
+                revision: before,
+                outcome: Err(e),
+            }),
+        }
+    }
+
+    /// Runs `f` in a transaction nested in `wtxn`, kept only if `f` succeeds.
+    fn nested(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        f: impl FnOnce(&mut heed::RwTxn) -> Result<(Outcome, i64), KvError>,
+    ) -> Result<(Outcome, i64), KvError> {
+        let mut nested = self.store.env().nested_write_txn(wtxn)?;
+        let result = f(&mut nested);
+        if result.is_ok() {
+            nested.commit()?;
+        }
+        result
+    }
+}
+
+impl Applier for StateApplier {
+    type Batch = AppliedBatch;
+
+    fn env(&self) -> &'static heed::Env<heed::WithoutTls> {
+        self.store.env()
+    }
+
+    fn closed(&self) -> &std::sync::Mutex<bool> {
+        &self.closed
+    }
+
+    fn apply(
+        &self,
+        txn: &mut heed::RwTxn,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<AppliedBatch, KvError> {
+        self.apply_in(txn, entries)
+    }
+
+    fn last(batch: &AppliedBatch) -> Option<(LogId, i64)> {
+        batch.1
+    }
+
+    fn record(&self, txn: &mut heed::RwTxn, last: LogId) -> Result<(), KvError> {
+        self.store.meta_put(txn, META_APPLIED, &Some(last))
+    }
+
+    fn committed(&self, last: LogId, revision: i64, entries: usize) {
+        self.visible.send_if_modified(|v| {
+            let newer = last.index > *v;
+            if newer {
+                *v = last.index;
+            }
+            newer
+        });
+        self.observer.applied(last, revision, entries);
+    }
+
+    fn listened(&self) -> bool {
+        self.settings.listened.get().is_some_and(|l| l())
+    }
+
+    fn limits(&self) -> CommitLimits {
+        self.settings.limits.get().copied().unwrap_or_default()
+    }
+}
+
 impl Hold {
     /// Whether `entries` may join `held` (see [`Hold`]).
     fn may_hold(
@@ -586,6 +696,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         // The snapshot then covers everything openraft has handed over.
         self.release().await?;
+        self.flush().await?;
         let this = self.clone();
         let start = std::time::Instant::now();
         let meta = tokio::task::spawn_blocking(move || {
@@ -641,6 +752,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let read =
             |e: &dyn std::fmt::Display| storage_io(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        self.flush().await?;
         let rtxn = self.store.env().read_txn().map_err(|e| read(&e))?;
         let applied = applied_log_id(&self.store, &rtxn).map_err(|e| read(&e))?;
         let membership: StoredMembership = self
@@ -703,6 +815,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
         };
         self.release().await?;
+        self.flush().await?;
         self.take_incoming(*snapshot).await.map_err(failed)?;
         let this = self.clone();
         let expected = meta.clone();

@@ -151,6 +151,8 @@ impl Holding {
             Arc::new(Quiet),
         )
         .expect("state machine")
+        // Each apply committed at once: this fixture looks at holding alone.
+        .committing(super::CommitLimits::each_apply())
         .holding(2, limits, move || {
             flag.load(std::sync::atomic::Ordering::SeqCst)
         });
@@ -307,4 +309,168 @@ async fn a_snapshot_drops_a_restored_base_and_a_closed_state_machine_writes_noth
     assert!(marker.trim_end().ends_with(" synced"), "{marker:?}");
     assert!(sm.apply(vec![put_entry(1, 1, 2, "b")]).await.is_err());
     assert_eq!(revision(&kv), 2, "nothing applied after the close");
+}
+
+/// A state machine on a fresh store (server 2, holding nothing) whose
+/// applies wait for their commit as `limits` allow.
+fn committing(
+    limits: super::CommitLimits,
+) -> (
+    tempfile::TempDir,
+    KvStore,
+    StateMachine,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_env = open_env(&dir.path().join("state"), EnvKind::State).expect("env");
+    let kv = KvStore::open(state_env).expect("kv");
+    let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = listened.clone();
+    let sm = StateMachine::new(
+        kv,
+        "t".into(),
+        dir.path().join("snapshots"),
+        Arc::new(Quiet),
+    )
+    .expect("state machine")
+    .committing(limits)
+    .holding(2, super::HoldLimits::default(), move || {
+        flag.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    (dir, kv, sm, listened)
+}
+
+#[tokio::test]
+async fn applies_wait_for_their_commit_until_someone_reads() {
+    use openraft::storage::RaftStateMachine;
+    use std::time::{Duration, Instant};
+
+    // Limits far beyond the test: only readers and listeners commit.
+    let (_dir, kv, mut sm, listened) = committing(super::CommitLimits {
+        delay: Duration::from_secs(600),
+        entries: 1000,
+        bytes: 1 << 30,
+    });
+    let flusher = sm.flusher();
+    let visible = sm.visible();
+    let soon = || Instant::now() + Duration::from_secs(10);
+
+    // This server's own entries are answered from the open transaction,
+    // and nothing of them is committed yet.
+    for index in 1..=3 {
+        let answered = sm
+            .apply(vec![put_entry(2, 1, index, &format!("k{index}"))])
+            .await
+            .expect("apply");
+        assert_eq!(answered[0][0].revision, index as i64 + 1);
+    }
+    assert_eq!(revision(&kv), 1, "applied, not committed");
+    assert_eq!(visible.index(), 0);
+
+    // A reader's flush commits them, all in one transaction.
+    flusher.flush_blocking().expect("flush");
+    assert_eq!(revision(&kv), 4);
+    assert_eq!(visible.index(), 3);
+
+    // A linearizable read waiting for an index commits it.
+    sm.apply(vec![put_entry(2, 1, 4, "k4")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 4);
+    assert!(visible.reach(4, soon()).await);
+    assert_eq!(revision(&kv), 5);
+    // ... and an index not applied yet is committed as soon as it is.
+    let waiting = {
+        let visible = visible.clone();
+        tokio::spawn(async move {
+            visible
+                .reach(5, Instant::now() + Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sm.apply(vec![put_entry(2, 1, 5, "k5")])
+        .await
+        .expect("apply");
+    assert!(
+        waiting.await.expect("task"),
+        "the read's index was committed"
+    );
+    assert_eq!(revision(&kv), 6);
+
+    // The applied state openraft reads back, and a snapshot, cover every apply.
+    sm.apply(vec![put_entry(2, 1, 6, "k6")])
+        .await
+        .expect("apply");
+    let (applied, _) = sm.applied_state().await.expect("state");
+    assert_eq!(applied.map(|id| id.index), Some(6));
+    assert_eq!(revision(&kv), 7);
+
+    // While anyone listens for changes, every apply is committed at once.
+    listened.store(true, std::sync::atomic::Ordering::SeqCst);
+    sm.apply(vec![put_entry(2, 1, 7, "k7")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 8);
+}
+
+#[tokio::test]
+async fn uncommitted_applies_are_committed_by_their_limits() {
+    use openraft::storage::RaftStateMachine;
+    use std::time::Duration;
+
+    // The entry limit: the third apply commits all three.
+    let (_dir, kv, mut sm, _) = committing(super::CommitLimits {
+        delay: Duration::from_secs(600),
+        entries: 3,
+        bytes: 1 << 30,
+    });
+    for index in 1..=2 {
+        sm.apply(vec![put_entry(2, 1, index, "k")])
+            .await
+            .expect("apply");
+    }
+    assert_eq!(revision(&kv), 1);
+    sm.apply(vec![put_entry(2, 1, 3, "k")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 4, "the entry limit commits");
+
+    // The delay: an apply nobody reads is committed once it is up.
+    let (_dir, kv, mut sm, _) = committing(super::CommitLimits {
+        delay: Duration::from_millis(50),
+        entries: 1000,
+        bytes: 1 << 30,
+    });
+    sm.apply(vec![put_entry(2, 1, 1, "k")])
+        .await
+        .expect("apply");
+    let mut committed = false;
+    for _ in 0..200 {
+        if revision(&kv) == 2 {
+            committed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(committed, "committed once the delay was up");
+
+    // A stop commits what waits, then refuses further writes.
+    let (dir, kv, mut sm, _) = committing(super::CommitLimits {
+        delay: Duration::from_secs(600),
+        entries: 1000,
+        bytes: 1 << 30,
+    });
+    sm.apply(vec![put_entry(2, 1, 1, "k")])
+        .await
+        .expect("apply");
+    assert_eq!(revision(&kv), 1);
+    let state_dir = dir.path().join("state");
+    let closer = sm.closer();
+    tokio::task::spawn_blocking(move || closer.close(&state_dir))
+        .await
+        .expect("task")
+        .expect("closed");
+    assert_eq!(revision(&kv), 2, "the stop committed the apply");
+    assert!(sm.apply(vec![put_entry(2, 1, 2, "k")]).await.is_err());
 }
