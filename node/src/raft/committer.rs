@@ -119,6 +119,8 @@ struct Shared {
 /// Asks the applying thread to commit; cheap to clone.
 #[derive(Clone)]
 pub struct Flusher {
+    /// Sends a job to the thread (false once it has stopped); a closure so
+    /// that a Flusher does not carry the thread's batch type.
     send: Arc<dyn Fn(FlushJob) -> bool + Send + Sync>,
     shared: Arc<Shared>,
 }
@@ -199,13 +201,12 @@ impl<B: Send + 'static> Committer<B> {
         std::thread::Builder::new()
             .name("state-apply".into())
             .spawn(move || run(applier, rx, thread_shared))?;
-        let sender = std::sync::Mutex::new(jobs.clone());
+        let sender = jobs.clone();
         let send = Arc::new(move |job: FlushJob| {
             let job = match job {
                 FlushJob::Flush(done) => Job::Flush(done),
                 FlushJob::Wake => Job::Wake,
             };
-            let sender = sender.lock().unwrap_or_else(|e| e.into_inner());
             sender.send(job).is_ok()
         });
         Ok(Committer {
