@@ -351,6 +351,7 @@ impl Node {
         let closer = state_machine.closer();
         let flusher = state_machine.flusher();
         let visible = state_machine.visible();
+        let snapshot_watch = state_machine.snapshot_watch(config.raft.snapshot_logs);
         // From here on set by the state machine's commits (`Observer`): on a
         // follower holding entries (ADR 0016) it trails openraft's own
         // applied index by what is held.
@@ -391,7 +392,8 @@ impl Node {
             election_timeout_min: config.raft.election_timeout_min.as_millis() as u64,
             election_timeout_max: config.raft.election_timeout_max.as_millis() as u64,
             install_snapshot_timeout: config.raft.rpc_timeout.as_millis() as u64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs),
+            // Snapshots are asked for by `raft::snapshot_policy` (ADR 0020).
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.raft.purge_lag_logs,
             max_payload_entries: 512,
             snapshot_max_chunk_size: 1024 * 1024,
@@ -460,6 +462,11 @@ impl Node {
         tokio::spawn(crate::compactor::run(node.clone()));
         tokio::spawn(crate::version::drive(node.clone()));
         tokio::spawn(feed_recent(node.clone()));
+        tokio::spawn(raft::snapshot_policy::drive(
+            node.inner.raft.clone(),
+            snapshot_watch,
+            std::time::Duration::from_millis(100),
+        ));
         Ok(node)
     }
 

@@ -321,3 +321,66 @@ async fn a_lone_server_killed_with_applies_uncommitted_loses_no_acknowledged_wri
         assert_eq!(kv["mod_revision"], json!(revision), "revision of write {i}");
     }
 }
+
+/// Snapshots built by a server so far.
+async fn snapshot_builds(base: &str) -> f64 {
+    let name = "meridian_snapshot_duration_seconds_count{kind=\"build\"} ";
+    metrics_page(base)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (at most 10 s) until the server has built `want` snapshots.
+async fn expect_snapshot_builds(base: &str, want: f64) {
+    let mut got = 0.0;
+    for _ in 0..100 {
+        got = snapshot_builds(base).await;
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, want, "snapshots built");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_waits_until_the_log_since_the_last_is_as_large_as_it() {
+    let c = Cluster::start_with(
+        1,
+        RaftTuning {
+            snapshot_logs: 20,
+            ..RaftTuning::default()
+        },
+    )
+    .await;
+    let url = c.url(0);
+    let big = "x".repeat(32 * 1024);
+    // 30 entries of 32 KiB: the first snapshot comes after 20 (ADR 0020:
+    // with no snapshot yet, entries alone decide), holding about 640 KiB.
+    for i in 0..30 {
+        let (status, _) = put(url, &format!("big/{i}"), &big).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    expect_snapshot_builds(url, 1.0).await;
+    // 100 small entries are five times `snapshot_logs` but a sliver of
+    // what the snapshot would copy again: no new one.
+    for i in 0..100 {
+        let (status, _) = put(url, &format!("small/{i}"), "v").await.unwrap();
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        snapshot_builds(url).await,
+        1.0,
+        "a snapshot was built after 100 small entries"
+    );
+    // Once as much payload as the snapshot holds has been applied, the next
+    // one follows.
+    for i in 30..60 {
+        let (status, _) = put(url, &format!("big/{i}"), &big).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    expect_snapshot_builds(url, 2.0).await;
+}

@@ -10,6 +10,7 @@ pub(crate) mod network;
 mod proposer;
 mod rebuild;
 pub(crate) mod snapshot;
+pub(crate) mod snapshot_policy;
 mod state_machine;
 #[cfg(test)]
 mod suite;

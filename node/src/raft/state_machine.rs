@@ -96,6 +96,9 @@ pub struct StateMachine {
     committer: Committer<AppliedBatch>,
     /// Settings the applying thread reads.
     settings: Arc<Settings>,
+    /// Payload bytes handed to `apply` since the start (the snapshot policy's
+    /// measure of the log written, ADR 0020).
+    applied_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What [`StateMachine::holding`] and [`StateMachine::committing`] set after
@@ -297,6 +300,7 @@ impl StateMachine {
             closed,
             committer,
             settings,
+            applied_bytes: Arc::default(),
         })
     }
 
@@ -464,6 +468,16 @@ impl StateMachine {
 
     fn current_snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(CURRENT_SNAPSHOT)
+    }
+
+    /// What the snapshot policy watches (ADR 0020): the payload applied and
+    /// the current snapshot's file, with at least `min_entries` between two.
+    pub(crate) fn snapshot_watch(&self, min_entries: u64) -> super::snapshot_policy::Watched {
+        super::snapshot_policy::Watched {
+            min_entries,
+            applied_bytes: self.applied_bytes.clone(),
+            snapshot_file: self.current_snapshot_path(),
+        }
     }
 
     /// Makes a new current snapshot's name durable before openraft may purge
@@ -779,6 +793,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         }
         let bytes: usize = entries.iter().map(super::network::entry_bytes).sum();
+        self.applied_bytes
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         match &self.hold {
             Some(hold) => self.apply_or_hold(hold, entries, bytes).await,
             None => self.apply_now(entries, bytes).await,
