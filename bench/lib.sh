@@ -22,7 +22,7 @@ cleanup() {
   wait 2>/dev/null || true
   if [ "$status" -ne 0 ]; then
     # The servers' logs go with the work directory: show their ends first.
-    find "${WORK:?}" -name '*.log' -print0 2>/dev/null |
+    find "${WORK:?}" -name '*.log' -not -path '*/log/*' -print0 2>/dev/null |
       while IFS= read -r -d '' f; do echo "== $f"; tail -n 5 "$f"; done >&2
   fi
   rm -rf "${WORK:?}"

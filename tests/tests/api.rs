@@ -304,17 +304,10 @@ async fn v1_api_serves_raw_values_prefixes_and_cas() {
     }
 }
 
-/// The value of an unlabelled metric in Prometheus' text format.
-fn gauge(text: &str, name: &str) -> Option<i64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_gauges_are_current_when_scraped() {
     let c = Cluster::start(1).await;
     let url = c.url(0).to_string();
-    let client = reqwest::Client::new();
     // Each round writes, then scrapes at once: the gauges must already say
     // what the store holds, not what it held a few applies ago.
     for round in 1..=5 {
@@ -328,26 +321,19 @@ async fn store_gauges_are_current_when_scraped() {
         let mut compared = false;
         for _ in 0..20 {
             let before = get_json(&format!("{url}/v1/status")).await.unwrap();
-            let metrics = client
-                .get(format!("{url}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = metrics_page(&url).await;
             let after = get_json(&format!("{url}/v1/status")).await.unwrap();
             if before["revision"] != after["revision"] {
                 continue;
             }
             assert_eq!(
-                gauge(&metrics, "meridian_keys"),
-                after["keys"].as_i64(),
+                metric_value(&metrics, "meridian_keys"),
+                after["keys"].as_f64(),
                 "round {round}"
             );
             assert_eq!(
-                gauge(&metrics, "meridian_revision"),
-                after["revision"].as_i64(),
+                metric_value(&metrics, "meridian_revision"),
+                after["revision"].as_f64(),
                 "round {round}"
             );
             compared = true;

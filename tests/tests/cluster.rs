@@ -324,12 +324,8 @@ async fn a_lone_server_killed_with_applies_uncommitted_loses_no_acknowledged_wri
 
 /// Snapshots built by a server so far.
 async fn snapshot_builds(base: &str) -> f64 {
-    let name = "meridian_snapshot_duration_seconds_count{kind=\"build\"} ";
-    metrics_page(base)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    let name = "meridian_snapshot_duration_seconds_count{kind=\"build\"}";
+    metric_value(&metrics_page(base).await, name).unwrap_or(0.0)
 }
 
 /// Waits (at most 10 s) until the server has built `want` snapshots.

@@ -519,11 +519,16 @@ pub async fn metrics_page(base: &str) -> String {
         .expect("metrics text")
 }
 
-/// The value of an unlabelled metric on a /metrics page.
-pub fn metric_in(page: &str, name: &str) -> f64 {
+/// The value of the series `name` (with its labels, if any, as the page
+/// writes them) on a /metrics page; `None` when the page has none.
+pub fn metric_value(page: &str, name: &str) -> Option<f64> {
     page.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// The value of an unlabelled metric on a /metrics page.
+pub fn metric_in(page: &str, name: &str) -> f64 {
+    metric_value(page, name).unwrap_or_else(|| panic!("{name} missing"))
 }
 
 /// The value of an unlabelled metric on a server's /metrics page.
