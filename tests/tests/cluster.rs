@@ -78,24 +78,10 @@ async fn acknowledged_writes_survive_sigkill_with_their_revisions() {
     c.wait_ready_all().await;
     for server in 0..3 {
         for (i, revision) in &acked {
-            let (status, v) = post(
-                &format!("{}/v3/kv/range", c.url(server)),
-                &json!({ "key": b64(format!("k/{i:04}").as_bytes()) }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("range on server {server}: {e}"));
-            assert_eq!(status, 200);
-            let kv = &v["kvs"][0];
-            assert_eq!(
-                unb64(&kv["value"]),
-                format!("v{i}").into_bytes(),
-                "acknowledged write {i} lost on server {server}"
-            );
-            assert_eq!(
-                kv["mod_revision"],
-                json!(revision.to_string()),
-                "revision of write {i} changed"
-            );
+            let write = format!("write {i} on server {server}");
+            let key = format!("k/{i:04}");
+            let kept = (format!("v{i}"), revision.to_string());
+            assert_write_kept(c.url(server), &key, &kept, &write).await;
         }
     }
 }
@@ -305,21 +291,38 @@ async fn a_lone_server_killed_with_applies_uncommitted_loses_no_acknowledged_wri
     c.restart(0).await;
     c.wait_ready_all().await;
     for (i, revision) in acked.iter().enumerate() {
-        let (status, v) = post(
-            &format!("{}/v3/kv/range", c.url(0)),
-            &json!({ "key": b64(format!("lone/{i:02}").as_bytes()) }),
+        let kept = (format!("v{i}"), revision.clone());
+        assert_write_kept(
+            c.url(0),
+            &format!("lone/{i:02}"),
+            &kept,
+            &format!("write {i}"),
         )
-        .await
-        .unwrap_or_else(|e| panic!("range {i}: {e}"));
-        assert_eq!(status, 200);
-        let kv = &v["kvs"][0];
-        assert_eq!(
-            unb64(&kv["value"]),
-            format!("v{i}").into_bytes(),
-            "acknowledged write {i} lost"
-        );
-        assert_eq!(kv["mod_revision"], json!(revision), "revision of write {i}");
+        .await;
     }
+}
+
+/// Asserts that `key` on the server at `base` still holds an acknowledged
+/// write: its value and its revision (as etcd's JSON writes it) `kept`.
+async fn assert_write_kept(base: &str, key: &str, kept: &(String, String), write: &str) {
+    let (status, v) = post(
+        &format!("{base}/v3/kv/range"),
+        &json!({ "key": b64(key.as_bytes()) }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("range of {write}: {e}"));
+    assert_eq!(status, 200);
+    let kv = &v["kvs"][0];
+    assert_eq!(
+        unb64(&kv["value"]),
+        kept.0.as_bytes(),
+        "acknowledged {write} lost"
+    );
+    assert_eq!(
+        kv["mod_revision"],
+        json!(kept.1),
+        "revision of {write} changed"
+    );
 }
 
 /// Snapshots built by a server so far.

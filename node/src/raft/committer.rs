@@ -87,6 +87,13 @@ enum Job<B> {
         bytes: usize,
         reply: oneshot::Sender<Result<B, KvError>>,
     },
+    /// From a [`Flusher`].
+    Control(Control),
+}
+
+/// What a [`Flusher`] asks of the thread.
+enum Control {
+    /// Commit, then answer.
     Flush(Done),
     /// A reader raised `wanted`.
     Wake,
@@ -121,13 +128,8 @@ struct Shared {
 pub struct Flusher {
     /// Sends a job to the thread (false once it has stopped); a closure so
     /// that a Flusher does not carry the thread's batch type.
-    send: Arc<dyn Fn(FlushJob) -> bool + Send + Sync>,
+    send: Arc<dyn Fn(Control) -> bool + Send + Sync>,
     shared: Arc<Shared>,
-}
-
-enum FlushJob {
-    Flush(Done),
-    Wake,
 }
 
 impl Flusher {
@@ -138,7 +140,7 @@ impl Flusher {
             return Ok(());
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        if !(self.send)(FlushJob::Flush(Done::Blocking(tx))) {
+        if !(self.send)(Control::Flush(Done::Blocking(tx))) {
             return Err(stopped());
         }
         rx.recv().unwrap_or_else(|_| Err(stopped()))
@@ -150,7 +152,7 @@ impl Flusher {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        if !(self.send)(FlushJob::Flush(Done::Async(tx))) {
+        if !(self.send)(Control::Flush(Done::Async(tx))) {
             return Err(stopped());
         }
         rx.await.unwrap_or_else(|_| Err(stopped()))
@@ -161,7 +163,7 @@ impl Flusher {
     pub fn want(&self, index: u64) {
         let before = self.shared.wanted.fetch_max(index, Ordering::SeqCst);
         if before < index && self.shared.committed.load(Ordering::SeqCst) < index {
-            (self.send)(FlushJob::Wake);
+            (self.send)(Control::Wake);
         }
     }
 }
@@ -202,13 +204,7 @@ impl<B: Send + 'static> Committer<B> {
             .name("state-apply".into())
             .spawn(move || run(applier, rx, thread_shared))?;
         let sender = jobs.clone();
-        let send = Arc::new(move |job: FlushJob| {
-            let job = match job {
-                FlushJob::Flush(done) => Job::Flush(done),
-                FlushJob::Wake => Job::Wake,
-            };
-            sender.send(job).is_ok()
-        });
+        let send = Arc::new(move |control| sender.send(Job::Control(control)).is_ok());
         Ok(Committer {
             jobs,
             flusher: Flusher { send, shared },
@@ -277,14 +273,14 @@ fn run<A: Applier>(applier: A, jobs: mpsc::Receiver<Job<A::Batch>>, shared: Arc<
                     failed = Some(e.to_string());
                 }
             }
-            Some(Job::Wake) => {
+            Some(Job::Control(Control::Wake)) => {
                 if shared.wanted.load(Ordering::SeqCst) > committed(&shared) {
                     if let Err(e) = commit(&applier, &shared, &mut open) {
                         failed = Some(e.to_string());
                     }
                 }
             }
-            Some(Job::Flush(done)) => {
+            Some(Job::Control(Control::Flush(done))) => {
                 let result = match &failed {
                     Some(f) => Err(KvError::Storage(f.clone())),
                     None => commit(&applier, &shared, &mut open),

@@ -121,6 +121,18 @@ struct StateApplier {
     settings: Arc<Settings>,
 }
 
+/// Raises the visible index to `index` (never lowers it), waking its
+/// waiters only when it moved.
+fn raise(visible: &watch::Sender<u64>, index: u64) {
+    visible.send_if_modified(|v| {
+        let newer = index > *v;
+        if newer {
+            *v = index;
+        }
+        newer
+    });
+}
+
 /// Ends the state's writes at a clean stop, leaving it synced.
 #[derive(Clone)]
 pub struct Closer {
@@ -413,13 +425,7 @@ impl StateMachine {
 
     /// Readers now see the writes through `index`.
     fn show(&self, index: u64) {
-        self.visible.send_if_modified(|v| {
-            let newer = index > *v;
-            if newer {
-                *v = index;
-            }
-            newer
-        });
+        raise(&self.visible, index);
     }
 
     /// Holds `entries` back if [`Hold`] allows, answering them with no
@@ -634,13 +640,7 @@ impl Applier for StateApplier {
     }
 
     fn committed(&self, last: LogId, revision: i64, entries: usize) {
-        self.visible.send_if_modified(|v| {
-            let newer = last.index > *v;
-            if newer {
-                *v = last.index;
-            }
-            newer
-        });
+        raise(&self.visible, last.index);
         self.observer.applied(last, revision, entries);
     }
 

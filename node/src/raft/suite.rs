@@ -123,8 +123,9 @@ fn put_entry(leader: u64, term: u64, index: u64, key: &str) -> openraft::Entry<T
     }
 }
 
-/// A state machine on a fresh store for server 2, holding up to `entries`
-/// entries (1 MiB) for `delay` while `listened` is false.
+/// A state machine on a fresh store for server 2, holding other servers'
+/// entries and waiting for commits as its limits allow while `listened` is
+/// false.
 struct Holding {
     _dir: tempfile::TempDir,
     listened: Arc<std::sync::atomic::AtomicBool>,
@@ -133,16 +134,22 @@ struct Holding {
 }
 
 impl Holding {
+    /// Holding up to `entries` entries (1 MiB) for `delay`; each apply
+    /// committed at once, so that only holding is looked at.
     fn new(entries: usize, delay: std::time::Duration) -> Holding {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state_env = open_env(&dir.path().join("state"), EnvKind::State).expect("env");
-        let kv = KvStore::open(state_env).expect("kv");
-        let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let limits = super::HoldLimits {
+        let hold = super::HoldLimits {
             entries,
             bytes: 1 << 20,
             delay,
         };
+        Holding::with(hold, super::CommitLimits::each_apply())
+    }
+
+    fn with(hold: super::HoldLimits, commit: super::CommitLimits) -> Holding {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_env = open_env(&dir.path().join("state"), EnvKind::State).expect("env");
+        let kv = KvStore::open(state_env).expect("kv");
+        let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = listened.clone();
         let sm = StateMachine::new(
             kv,
@@ -151,9 +158,8 @@ impl Holding {
             Arc::new(Quiet),
         )
         .expect("state machine")
-        // Each apply committed at once: this fixture looks at holding alone.
-        .committing(super::CommitLimits::each_apply())
-        .holding(2, limits, move || {
+        .committing(commit)
+        .holding(2, hold, move || {
             flag.load(std::sync::atomic::Ordering::SeqCst)
         });
         Holding {
@@ -311,33 +317,11 @@ async fn a_snapshot_drops_a_restored_base_and_a_closed_state_machine_writes_noth
     assert_eq!(revision(&kv), 2, "nothing applied after the close");
 }
 
-/// A state machine on a fresh store (server 2, holding nothing) whose
-/// applies wait for their commit as `limits` allow.
-fn committing(
-    limits: super::CommitLimits,
-) -> (
-    tempfile::TempDir,
-    KvStore,
-    StateMachine,
-    Arc<std::sync::atomic::AtomicBool>,
-) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state_env = open_env(&dir.path().join("state"), EnvKind::State).expect("env");
-    let kv = KvStore::open(state_env).expect("kv");
-    let listened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = listened.clone();
-    let sm = StateMachine::new(
-        kv,
-        "t".into(),
-        dir.path().join("snapshots"),
-        Arc::new(Quiet),
-    )
-    .expect("state machine")
-    .committing(limits)
-    .holding(2, super::HoldLimits::default(), move || {
-        flag.load(std::sync::atomic::Ordering::SeqCst)
-    });
-    (dir, kv, sm, listened)
+/// A state machine (server 2, default holding; these tests apply its own
+/// entries, which are never held) whose applies wait for their commit as
+/// `limits` allow.
+fn committing(limits: super::CommitLimits) -> Holding {
+    Holding::with(super::HoldLimits::default(), limits)
 }
 
 #[tokio::test]
@@ -346,7 +330,12 @@ async fn applies_wait_for_their_commit_until_someone_reads() {
     use std::time::{Duration, Instant};
 
     // Limits far beyond the test: only readers and listeners commit.
-    let (_dir, kv, mut sm, listened) = committing(super::CommitLimits {
+    let Holding {
+        _dir,
+        kv,
+        mut sm,
+        listened,
+    } = committing(super::CommitLimits {
         delay: Duration::from_secs(600),
         entries: 1000,
         bytes: 1 << 30,
@@ -420,7 +409,9 @@ async fn uncommitted_applies_are_committed_by_their_limits() {
     use std::time::Duration;
 
     // The entry limit: the third apply commits all three.
-    let (_dir, kv, mut sm, _) = committing(super::CommitLimits {
+    let Holding {
+        _dir, kv, mut sm, ..
+    } = committing(super::CommitLimits {
         delay: Duration::from_secs(600),
         entries: 3,
         bytes: 1 << 30,
@@ -437,7 +428,9 @@ async fn uncommitted_applies_are_committed_by_their_limits() {
     assert_eq!(revision(&kv), 4, "the entry limit commits");
 
     // The delay: an apply nobody reads is committed once it is up.
-    let (_dir, kv, mut sm, _) = committing(super::CommitLimits {
+    let Holding {
+        _dir, kv, mut sm, ..
+    } = committing(super::CommitLimits {
         delay: Duration::from_millis(50),
         entries: 1000,
         bytes: 1 << 30,
@@ -456,7 +449,12 @@ async fn uncommitted_applies_are_committed_by_their_limits() {
     assert!(committed, "committed once the delay was up");
 
     // A stop commits what waits, then refuses further writes.
-    let (dir, kv, mut sm, _) = committing(super::CommitLimits {
+    let Holding {
+        _dir: dir,
+        kv,
+        mut sm,
+        ..
+    } = committing(super::CommitLimits {
         delay: Duration::from_secs(600),
         entries: 1000,
         bytes: 1 << 30,
