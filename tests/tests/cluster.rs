@@ -325,6 +325,66 @@ async fn assert_write_kept(base: &str, key: &str, kept: &(String, String), write
     );
 }
 
+/// The members of a datacenter apply the same entries together; each waits
+/// longer by its rank among the members' ids (a sixth, a third more), so
+/// that they do not all build their snapshots at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_build_their_snapshots_one_after_another() {
+    let c = Cluster::start_with(
+        3,
+        RaftTuning {
+            snapshot_logs: 120,
+            ..RaftTuning::default()
+        },
+    )
+    .await;
+    let leader = c.url(c.leader().await).to_string();
+    // 120 writes (and the few entries that formed the cluster): past the
+    // first member's 120 entries, well short of the next one's 140.
+    for i in 0..120 {
+        let (status, body) = put(&leader, &format!("stagger/{i}"), "v").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 0..3 {
+        c.wait_applied(i, "stagger/119").await;
+    }
+    let mut got = all_snapshot_builds(&c).await;
+    for _ in 0..50 {
+        if got.iter().any(|b| *b > 0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        got = all_snapshot_builds(&c).await;
+    }
+    // Give the others time to follow, were they going to.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    got = all_snapshot_builds(&c).await;
+    let mut sorted = got.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(
+        sorted,
+        [0.0, 0.0, 1.0],
+        "snapshots per member after 120 writes"
+    );
+    // Past the last member's 160 entries, every member has built one.
+    for i in 120..170 {
+        let (status, body) = put(&leader, &format!("stagger/{i}"), "v").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 0..3 {
+        expect_snapshot_builds(c.url(i), 1.0).await;
+    }
+}
+
+/// Snapshots built by each server so far.
+async fn all_snapshot_builds(c: &Cluster) -> Vec<f64> {
+    let mut all = Vec::new();
+    for i in 0..3 {
+        all.push(snapshot_builds(c.url(i)).await);
+    }
+    all
+}
+
 /// Snapshots built by a server so far.
 async fn snapshot_builds(base: &str) -> f64 {
     let name = "meridian_snapshot_duration_seconds_count{kind=\"build\"}";

@@ -14,6 +14,14 @@
 //! Then snapshots never write more than the log did since the previous one,
 //! and the log between two of them is at most about the state's size (or
 //! `snapshot_logs` entries, whichever is more).
+//!
+//! The members of a datacenter apply the same entries at about the same
+//! time, so under one rule they would all build their snapshots at once,
+//! and for as long as a build takes no quorum would be free of one. Each
+//! member therefore stretches both thresholds by its rank among the
+//! members' ids ([`stagger`]): the lowest id by nothing, the next by a
+//! sixth, the third by a third (in a datacenter of three), so that while
+//! one member builds, the others still make a quorum that is not busy.
 
 use super::types::TypeConfig;
 use std::path::PathBuf;
@@ -25,6 +33,25 @@ use std::time::Duration;
 /// the last snapshot, whose file holds `snapshot_bytes` (none yet: `None`).
 pub(crate) fn due(entries: u64, bytes: u64, min_entries: u64, snapshot_bytes: Option<u64>) -> bool {
     entries >= min_entries && snapshot_bytes.is_none_or(|s| bytes >= s)
+}
+
+/// `threshold` stretched for the member at `rank` (0-based) among `members`:
+/// by `rank / (2 × members)` of itself, so that the last member waits about
+/// half as long again as the first, at most.
+pub(crate) fn stagger(threshold: u64, rank: usize, members: usize) -> u64 {
+    if members == 0 {
+        return threshold;
+    }
+    let extra = u128::from(threshold) * rank as u128 / (2 * members as u128);
+    threshold.saturating_add(u64::try_from(extra).unwrap_or(u64::MAX))
+}
+
+/// This server's rank among the members' ids, and how many members there are.
+fn rank_of(m: &openraft::RaftMetrics<u64, super::types::Member>) -> (usize, usize) {
+    let membership = m.membership_config.membership();
+    let ids: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
+    let rank = ids.iter().filter(|id| **id < m.id).count();
+    (rank, ids.len())
 }
 
 /// What the policy watches.
@@ -46,10 +73,11 @@ pub(crate) async fn drive(raft: openraft::Raft<TypeConfig>, watched: Watched, pa
     let mut since = 0u64;
     let mut last_snapshot = metrics.borrow().snapshot;
     while metrics.changed().await.is_ok() {
-        let (applied, snapshot) = {
+        let (applied, snapshot, (rank, members)) = {
             let m = metrics.borrow_and_update();
-            (m.last_applied, m.snapshot)
+            (m.last_applied, m.snapshot, rank_of(&m))
         };
+        let min_entries = stagger(watched.min_entries, rank, members);
         let bytes_now = watched.applied_bytes.load(Ordering::Relaxed);
         if snapshot != last_snapshot {
             last_snapshot = snapshot;
@@ -60,15 +88,15 @@ pub(crate) async fn drive(raft: openraft::Raft<TypeConfig>, watched: Watched, pa
             Some(id) => applied.saturating_sub(id.index),
             None => applied,
         };
-        if entries >= watched.min_entries {
+        if entries >= min_entries {
             let snapshot_bytes = match std::fs::metadata(&watched.snapshot_file) {
-                Ok(m) => Some(m.len()),
+                Ok(m) => Some(stagger(m.len(), rank, members)),
                 Err(_) => None,
             };
             if due(
                 entries,
                 bytes_now.saturating_sub(since),
-                watched.min_entries,
+                min_entries,
                 snapshot_bytes,
             ) && raft.trigger().snapshot().await.is_err()
             {
@@ -81,7 +109,19 @@ pub(crate) async fn drive(raft: openraft::Raft<TypeConfig>, watched: Watched, pa
 
 #[cfg(test)]
 mod tests {
-    use super::due;
+    use super::{due, stagger};
+
+    #[test]
+    fn members_wait_longer_by_their_rank_so_that_they_do_not_build_at_once() {
+        // Three members: nothing, a sixth, a third more.
+        assert_eq!(stagger(600, 0, 3), 600);
+        assert_eq!(stagger(600, 1, 3), 700);
+        assert_eq!(stagger(600, 2, 3), 800);
+        // A lone server is never held back; nothing overflows.
+        assert_eq!(stagger(600, 0, 1), 600);
+        assert_eq!(stagger(600, 0, 0), 600);
+        assert_eq!(stagger(u64::MAX, 2, 3), u64::MAX);
+    }
 
     #[test]
     fn a_snapshot_waits_for_its_entries_and_for_as_much_log_as_it_copies() {
