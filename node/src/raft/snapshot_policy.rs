@@ -49,9 +49,13 @@ pub(crate) fn stagger(threshold: u64, rank: usize, members: usize) -> u64 {
 /// This server's rank among the members' ids, and how many members there are.
 fn rank_of(m: &openraft::RaftMetrics<u64, super::types::Member>) -> (usize, usize) {
     let membership = m.membership_config.membership();
-    let ids: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
-    let rank = ids.iter().filter(|id| **id < m.id).count();
-    (rank, ids.len())
+    let rank = membership.nodes().filter(|(id, _)| **id < m.id).count();
+    (rank, membership.nodes().count())
+}
+
+/// The size of the current snapshot's file; `None` if there is none.
+fn file_size(path: &std::path::Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
 }
 
 /// What the policy watches.
@@ -72,6 +76,9 @@ pub(crate) async fn drive(raft: openraft::Raft<TypeConfig>, watched: Watched, pa
     // from zero, so the first snapshot after it may come a little late.
     let mut since = 0u64;
     let mut last_snapshot = metrics.borrow().snapshot;
+    // Read again only when the snapshot changes: its file is written before
+    // openraft reports it.
+    let mut snapshot_bytes = file_size(&watched.snapshot_file);
     while metrics.changed().await.is_ok() {
         let (applied, snapshot, (rank, members)) = {
             let m = metrics.borrow_and_update();
@@ -82,26 +89,21 @@ pub(crate) async fn drive(raft: openraft::Raft<TypeConfig>, watched: Watched, pa
         if snapshot != last_snapshot {
             last_snapshot = snapshot;
             since = bytes_now;
+            snapshot_bytes = file_size(&watched.snapshot_file);
         }
         let applied = applied.map_or(0, |id| id.index);
         let entries = match snapshot {
             Some(id) => applied.saturating_sub(id.index),
             None => applied,
         };
-        if entries >= min_entries {
-            let snapshot_bytes = match std::fs::metadata(&watched.snapshot_file) {
-                Ok(m) => Some(stagger(m.len(), rank, members)),
-                Err(_) => None,
-            };
-            if due(
-                entries,
-                bytes_now.saturating_sub(since),
-                min_entries,
-                snapshot_bytes,
-            ) && raft.trigger().snapshot().await.is_err()
-            {
-                return;
-            }
+        let due_now = due(
+            entries,
+            bytes_now.saturating_sub(since),
+            min_entries,
+            snapshot_bytes.map(|b| stagger(b, rank, members)),
+        );
+        if due_now && raft.trigger().snapshot().await.is_err() {
+            return;
         }
         tokio::time::sleep(pause).await;
     }
